@@ -1,0 +1,217 @@
+"""Run configuration: the one schema, with its defaults and validation.
+
+A run is described by a YAML file loaded into these dataclasses; command-line
+flags (``megavid/cli.py``) override single fields. Every field is documented
+where it is declared and validated in ``validate`` (layout checks that need the
+world size live in ``megavid/parallel/layout.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+from megavid.models.presets import ModelArch, get_preset
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "demo"  # a row of megavid/models/presets.py
+    arch: dict = field(default_factory=dict)  # per-field overrides of the preset's ModelArch
+    mask_ratio: float = 0.95  # fraction of tubelets hidden from the encoder
+    masking: str = "random"  # random | tube (same spatial mask in every frame)
+    norm_pix_loss: bool = True  # regress per-tubelet normalised pixels (MAE's default)
+    layernorm_epsilon: float = 1e-6
+    encoder_final_norm: bool = False  # 4DS encoders have none
+    transformer_impl: str = "auto"  # local | transformer_engine | auto (TE when CUDA and TE exist)
+    init_std: float = 0.02  # std of the truncated-normal init of linear weights and embeddings
+
+    def resolved_arch(self) -> ModelArch:
+        arch = get_preset(self.preset)
+        unknown = set(self.arch) - {f.name for f in fields(ModelArch)}
+        if unknown:
+            raise ValueError(
+                f"model.arch: unknown field(s) {sorted(unknown)}; "
+                f"valid: {[f.name for f in fields(ModelArch)]}"
+            )
+        changes = {k: tuple(v) if k == "tubelet" else v for k, v in self.arch.items()}
+        return arch.replace(**changes)
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None  # model chunks per pipeline rank
+    sequence_parallel: bool = False  # shard LayerNorm/dropout activations along tokens (needs tp>1)
+    use_distributed_optimizer: bool = False  # ZeRO-1 style sharding of optimizer state over DP
+    overlap_grad_reduce: bool = False
+    distributed_timeout_minutes: int = 10
+
+
+@dataclass
+class TrainConfig:
+    train_iters: int = 50
+    micro_batch_size: int = 2
+    global_batch_size: int = 8
+    lr: float = 1.5e-3
+    min_lr: float = 1e-5
+    lr_warmup_iters: int = 5
+    weight_decay: float = 0.05
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0  # global grad-norm clip; 0 disables
+    seed: int = 1234
+    precision: str = "fp32"  # fp32 | bf16
+    fp8: Optional[str] = None  # None | hybrid | e4m3 (Transformer Engine only)
+    recompute: Optional[str] = None  # None | full | selective
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = None  # folder of videos; None = the demo clips (made on first use)
+    num_workers: int = 1  # decoding worker processes per rank
+    frame_stride: int = 2  # take every k-th frame
+    value_range: str = "unit"  # unit ([0,1], 4DS) | imagenet (mean/std, VideoMAE)
+    demo_clips: int = 32  # how many demo clips to synthesise
+    cache_dir: str = "~/.cache/megavid"
+
+
+@dataclass
+class LogConfig:
+    log_dir: Optional[str] = None  # None = runs/<timestamp>
+    log_interval: int = 1  # optimizer steps between console lines
+    tensorboard: bool = True
+    plot: bool = True  # write loss_curve.png at the end
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(
+            f"{where or 'config'}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value or {}, f"{where}.{name}".lstrip("."))
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}.{name}".lstrip("."))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint, where: str):
+    """Accept YAML/CLI scalars for a typed field, with an error naming the field."""
+    if value is None:
+        return None
+    base = hint
+    if get_origin(hint) is not None and type(None) in get_args(hint):  # Optional[T]
+        base = next(a for a in get_args(hint) if a is not type(None))
+    if base in (int, float, str, bool):
+        if base is bool and isinstance(value, str):
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{where}: expected true/false, got {value!r}")
+            return lowered in ("true", "1", "yes")
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return base(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {base.__name__}, got {value!r}") from None
+    return value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = None) -> RunConfig:
+    """YAML file (optional) + dotted overrides like {"parallel.tensor_model_parallel_size": 2}."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no such file {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})
+        if data[section] is None:
+            data[section] = {}
+        data[section][key] = value
+    cfg = _from_dict(RunConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "model.masking": ("random", "tube"),
+    "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "train.precision": ("fp32", "bf16"),
+    "train.fp8": (None, "hybrid", "e4m3"),
+    "train.recompute": (None, "full", "selective"),
+    "data.value_range": ("unit", "imagenet"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that need no process group; each message names the field and the fix."""
+    for dotted, choices in _CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ValueError(f"{dotted}: {value!r} is not one of {choices}")
+    arch = cfg.model.resolved_arch()
+    if not 0.0 <= cfg.model.mask_ratio < 1.0:
+        raise ValueError(f"model.mask_ratio: {cfg.model.mask_ratio} must be in [0, 1)")
+    t, h, w = arch.tubelet
+    if arch.num_frames % t or arch.image_size % h or arch.image_size % w:
+        raise ValueError(
+            f"model.arch: clip {arch.num_frames}x{arch.image_size}x{arch.image_size} is not "
+            f"divisible into {t}x{h}x{w} tubelets; change num_frames/image_size or tubelet"
+        )
+    for width, heads, name in (
+        (arch.hidden_size, arch.num_attention_heads, "num_attention_heads"),
+        (arch.decoder_hidden_size, arch.decoder_num_attention_heads, "decoder_num_attention_heads"),
+    ):
+        if width % heads:
+            raise ValueError(f"model.arch.{name}: {heads} does not divide the width {width}")
+    tc = cfg.train
+    if tc.micro_batch_size < 1 or tc.global_batch_size < 1 or tc.train_iters < 1:
+        raise ValueError("train: micro_batch_size, global_batch_size and train_iters must be >= 1")
+    if tc.global_batch_size % tc.micro_batch_size:
+        raise ValueError(
+            f"--global-batch-size {tc.global_batch_size} is not a multiple of "
+            f"--micro-batch-size {tc.micro_batch_size}"
+        )
+    if tc.fp8 is not None and cfg.model.transformer_impl == "local":
+        raise ValueError(
+            "--fp8 needs the Transformer Engine layer spec; set model.transformer_impl to "
+            "'transformer_engine' or 'auto', or drop --fp8"
+        )
+    par = cfg.parallel
+    if par.sequence_parallel and par.tensor_model_parallel_size == 1:
+        raise ValueError("--sp needs --tp > 1 (sequence parallelism shards along the TP group)")
+    if par.virtual_pipeline_model_parallel_size is not None:
+        if par.virtual_pipeline_model_parallel_size < 1:
+            raise ValueError("--vpp must be >= 1")
+        if par.pipeline_model_parallel_size < 2 and par.virtual_pipeline_model_parallel_size > 1:
+            raise ValueError("--vpp > 1 needs --pp > 1 (interleaving splits each pipeline rank)")
