@@ -18,6 +18,10 @@ import yaml
 from megavid.models.presets import ModelArch, get_preset
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the field or flag and the fix."""
+
+
 @dataclass
 class ModelConfig:
     preset: str = "demo"  # a row of megavid/models/presets.py
@@ -31,10 +35,13 @@ class ModelConfig:
     init_std: float = 0.02  # std of the truncated-normal init of linear weights and embeddings
 
     def resolved_arch(self) -> ModelArch:
-        arch = get_preset(self.preset)
+        try:
+            arch = get_preset(self.preset)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         unknown = set(self.arch) - {f.name for f in fields(ModelArch)}
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"model.arch: unknown field(s) {sorted(unknown)}; "
                 f"valid: {[f.name for f in fields(ModelArch)]}"
             )
@@ -79,6 +86,7 @@ class DataConfig:
     value_range: str = "unit"  # unit ([0,1], 4DS) | imagenet (mean/std, VideoMAE)
     demo_clips: int = 32  # how many demo clips to synthesise
     cache_dir: str = "~/.cache/megavid"
+    mock: bool = False  # random clips made in memory: step timing and parity tests, no decoding
 
 
 @dataclass
@@ -103,12 +111,12 @@ class RunConfig:
 
 def _from_dict(cls, data: dict, where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{where or 'config'}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}"
         )
     kwargs = {}
@@ -132,14 +140,14 @@ def _coerce(value: Any, hint, where: str):
         if base is bool and isinstance(value, str):
             lowered = value.lower()
             if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{where}: expected true/false, got {value!r}")
+                raise ConfigError(f"{where}: expected true/false, got {value!r}")
             return lowered in ("true", "1", "yes")
         if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
         try:
             return base(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected {base.__name__}, got {value!r}") from None
+            raise ConfigError(f"{where}: expected {base.__name__}, got {value!r}") from None
     return value
 
 
@@ -178,13 +186,15 @@ def validate(cfg: RunConfig) -> None:
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
-            raise ValueError(f"{dotted}: {value!r} is not one of {choices}")
+            raise ConfigError(f"{dotted}: {value!r} is not one of {choices}")
     arch = cfg.model.resolved_arch()
     if not 0.0 <= cfg.model.mask_ratio < 1.0:
-        raise ValueError(f"model.mask_ratio: {cfg.model.mask_ratio} must be in [0, 1)")
+        raise ConfigError(f"model.mask_ratio: {cfg.model.mask_ratio} must be in [0, 1)")
+    if arch.num_layers < 1 or arch.decoder_num_layers < 1:
+        raise ConfigError("model.arch: num_layers and decoder_num_layers must be >= 1")
     t, h, w = arch.tubelet
     if arch.num_frames % t or arch.image_size % h or arch.image_size % w:
-        raise ValueError(
+        raise ConfigError(
             f"model.arch: clip {arch.num_frames}x{arch.image_size}x{arch.image_size} is not "
             f"divisible into {t}x{h}x{w} tubelets; change num_frames/image_size or tubelet"
         )
@@ -193,25 +203,37 @@ def validate(cfg: RunConfig) -> None:
         (arch.decoder_hidden_size, arch.decoder_num_attention_heads, "decoder_num_attention_heads"),
     ):
         if width % heads:
-            raise ValueError(f"model.arch.{name}: {heads} does not divide the width {width}")
+            raise ConfigError(f"model.arch.{name}: {heads} does not divide the width {width}")
+    from megavid.models.masking import num_visible
+
+    if num_visible(arch.grid, cfg.model.mask_ratio, cfg.model.masking) < 1:
+        raise ConfigError(
+            f"model.mask_ratio: {cfg.model.mask_ratio} leaves no visible tubelet of "
+            f"{arch.num_tokens}; lower it"
+        )
     tc = cfg.train
     if tc.micro_batch_size < 1 or tc.global_batch_size < 1 or tc.train_iters < 1:
-        raise ValueError("train: micro_batch_size, global_batch_size and train_iters must be >= 1")
+        raise ConfigError("train: micro_batch_size, global_batch_size and train_iters must be >= 1")
+    if not 0 <= tc.lr_warmup_iters < tc.train_iters:
+        raise ConfigError(
+            f"--lr-warmup-iters {tc.lr_warmup_iters} must be >= 0 and below --train-iters "
+            f"{tc.train_iters}"
+        )
     if tc.global_batch_size % tc.micro_batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"--global-batch-size {tc.global_batch_size} is not a multiple of "
             f"--micro-batch-size {tc.micro_batch_size}"
         )
     if tc.fp8 is not None and cfg.model.transformer_impl == "local":
-        raise ValueError(
+        raise ConfigError(
             "--fp8 needs the Transformer Engine layer spec; set model.transformer_impl to "
             "'transformer_engine' or 'auto', or drop --fp8"
         )
     par = cfg.parallel
     if par.sequence_parallel and par.tensor_model_parallel_size == 1:
-        raise ValueError("--sp needs --tp > 1 (sequence parallelism shards along the TP group)")
+        raise ConfigError("--sp needs --tp > 1 (sequence parallelism shards along the TP group)")
     if par.virtual_pipeline_model_parallel_size is not None:
         if par.virtual_pipeline_model_parallel_size < 1:
-            raise ValueError("--vpp must be >= 1")
+            raise ConfigError("--vpp must be >= 1")
         if par.pipeline_model_parallel_size < 2 and par.virtual_pipeline_model_parallel_size > 1:
-            raise ValueError("--vpp > 1 needs --pp > 1 (interleaving splits each pipeline rank)")
+            raise ConfigError("--vpp > 1 needs --pp > 1 (interleaving splits each pipeline rank)")

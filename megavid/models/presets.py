@@ -64,7 +64,7 @@ _TINY_DECODER = dict(
 
 PRESETS: dict[str, ModelArch] = {
     # name: ModelArch(width, depth, MLP width, heads, ...)
-    "tiny": ModelArch(64, 4, 128, 4, **_TINY_DECODER, **_TINY_CLIP),
+    "tiny": ModelArch(64, 6, 128, 4, **_TINY_DECODER, **_TINY_CLIP),  # 6 + 2 layers
     "demo": ModelArch(96, 4, 384, 4, decoder_hidden_size=64, decoder_num_layers=2,
                       decoder_ffn_hidden_size=256, decoder_num_attention_heads=4,
                       **_TINY_CLIP),

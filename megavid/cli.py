@@ -1,0 +1,81 @@
+"""Command-line flags of ``python -m megavid.pretrain``: a YAML config plus overrides.
+
+Short flags follow torchtitan/nanoGPT habits (``--tp``); Megatron-LM's long
+names are accepted as aliases so existing launch scripts carry over. Each flag
+maps to exactly one config field; ``--set section.key=value`` reaches the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from megavid.config import RunConfig, load_config
+
+# (flags, config field, type, help)
+_FLAGS = [
+    (("--tp", "--tensor-model-parallel-size"), "parallel.tensor_model_parallel_size", int,
+     "tensor-parallel size"),
+    (("--pp", "--pipeline-model-parallel-size"), "parallel.pipeline_model_parallel_size", int,
+     "pipeline-parallel size"),
+    (("--vpp", "--virtual-pipeline-model-parallel-size"),
+     "parallel.virtual_pipeline_model_parallel_size", int,
+     "model chunks per pipeline rank (interleaved 1F1B)"),
+    (("--micro-batch-size",), "train.micro_batch_size", int, "clips per micro-batch"),
+    (("--global-batch-size",), "train.global_batch_size", int, "clips per optimizer step"),
+    (("--train-iters",), "train.train_iters", int, "optimizer steps"),
+    (("--lr",), "train.lr", float, "peak learning rate"),
+    (("--lr-warmup-iters",), "train.lr_warmup_iters", int, "linear warm-up steps"),
+    (("--seed",), "train.seed", int, "seed of init, data order and masks"),
+    (("--fp8", "--fp8-format"), "train.fp8", str, "hybrid | e4m3 (Transformer Engine only)"),
+    (("--recompute", "--recompute-granularity"), "train.recompute", str, "full | selective"),
+    (("--preset",), "model.preset", str, "model size (python -m megavid.models --list)"),
+    (("--mask-ratio",), "model.mask_ratio", float, "fraction of tubelets masked"),
+    (("--transformer-impl",), "model.transformer_impl", str,
+     "local | transformer_engine | auto"),
+    (("--data", "--data-path"), "data.path", str, "folder of videos (default: demo clips)"),
+    (("--num-workers",), "data.num_workers", int, "decoding workers per rank"),
+    (("--log-dir",), "log.log_dir", str, "run directory (default runs/<timestamp>)"),
+    (("--log-interval",), "log.log_interval", int, "steps between console lines"),
+]
+_SWITCHES = [
+    (("--sp", "--sequence-parallel"), "parallel.sequence_parallel", "sequence parallelism"),
+    (("--use-distributed-optimizer",), "parallel.use_distributed_optimizer",
+     "shard optimizer state over data-parallel ranks"),
+    (("--overlap-grad-reduce",), "parallel.overlap_grad_reduce",
+     "overlap the DP gradient reduction with backward"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m megavid.pretrain",
+        description="Pretrain a 4DS video MAE. With no arguments: the CPU demo.",
+    )
+    parser.add_argument("--config", help="YAML run config (examples/*.yaml)")
+    for flags, dest, typ, text in _FLAGS:
+        parser.add_argument(*flags, dest=dest, type=typ, default=None, help=text)
+    for flags, dest, text in _SWITCHES:
+        parser.add_argument(*flags, dest=dest, action="store_const", const=True, default=None,
+                            help=text)
+    parser.add_argument("--bf16", dest="train.precision", action="store_const", const="bf16",
+                        default=None, help="bf16 parameters with fp32 main weights")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config field, e.g. --set model.masking=tube")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. model.masking=tube")
+        overrides[key] = yaml.safe_load(value)
+    try:
+        return load_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))

@@ -1,0 +1,58 @@
+"""In-memory clips for step timing and parity tests (``data.mock: true``).
+
+Same sample-stream contract as the video loader (global positions, DP slices,
+micro-batches in order) without decoding, so a benchmark measures the model
+and a parity test depends on nothing but the layout. Clip ``i`` is a smooth
+pattern drifting over time, a pure function of (seed, i).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from megavid.models.presets import ModelArch
+
+
+def mock_clip(arch: ModelArch, seed: int, index: int) -> torch.Tensor:
+    """(T, H, W, C) float32 in [0, 1]."""
+    gen = torch.Generator().manual_seed(seed * 7_919 + index)
+    t = torch.arange(arch.num_frames).view(-1, 1, 1, 1).float()
+    y = torch.linspace(0, 1, arch.image_size).view(1, -1, 1, 1)
+    x = torch.linspace(0, 1, arch.image_size).view(1, 1, -1, 1)
+    freq, phase, speed = (torch.rand(3, arch.channels, generator=gen) for _ in range(3))
+    freq = 2 + 6 * freq
+    wave = torch.sin(2 * math.pi * (freq[0] * x + freq[1] * y + 0.05 * speed[0] * t) + 6 * phase[0])
+    noise = 0.05 * torch.rand(arch.num_frames, arch.image_size, arch.image_size, arch.channels,
+                              generator=gen)
+    return (0.5 + 0.45 * wave + noise).clamp(0, 1)
+
+
+class MockLoader:
+    """Iterable of micro-batches {"video": (b, T, H, W, C), "index": (b,)}."""
+
+    def __init__(self, arch: ModelArch, *, global_batch_size: int, micro_batch_size: int,
+                 dp_rank: int, dp_size: int, seed: int, start_step: int = 0):
+        self.arch, self.seed = arch, seed
+        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.step = start_step
+        self.stats = {"clips": 0}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    def __iter__(self):
+        per_rank = self.global_batch_size // self.dp_size
+        while True:
+            base = self.step * self.global_batch_size + self.dp_rank * per_rank
+            for start in range(base, base + per_rank, self.micro_batch_size):
+                index = torch.arange(start, start + self.micro_batch_size)
+                video = torch.stack([mock_clip(self.arch, self.seed, int(i)) for i in index])
+                self.stats["clips"] += len(index)
+                yield {"video": video, "index": index}
+            self.step += 1

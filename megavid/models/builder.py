@@ -1,0 +1,132 @@
+"""Build this rank's model chunks from a run config.
+
+The encoder+decoder stack of ``Le + Ld`` layers is cut into ``pp * vpp`` equal
+contiguous chunks; chunk ``c`` lives on pipeline rank ``c % pp`` as its model
+chunk ``c // pp`` (megatron-core's interleaved order). Parameter values are
+then set by ``megavid.parallel.init``, which makes them independent of the
+layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megavid.config import ConfigError, RunConfig
+from megavid.models.layer_specs import get_layer_spec, transformer_engine_available
+from megavid.models.mae import VideoMAEChunk
+from megavid.models.masking import num_visible
+from megavid.models.presets import ModelArch
+
+
+def resolve_backend(requested: str, *, fp8: str | None = None) -> str:
+    """``auto`` -> Transformer Engine when CUDA and TE are both present."""
+    backend = requested
+    if requested == "auto":
+        usable = torch.cuda.is_available() and transformer_engine_available()
+        backend = "transformer_engine" if usable else "local"
+    if fp8 is not None and backend != "transformer_engine":
+        raise ConfigError(
+            f"--fp8 {fp8} needs Transformer Engine on a CUDA machine (pip install 'megavid[te]' "
+            "or NVIDIA's PyTorch container); drop --fp8 to train in bf16/fp32"
+        )
+    return backend
+
+
+def chunk_ranges(total_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
+    """[first, last) layer ranges of the ``pp * vpp`` chunks, in global chunk order."""
+    chunks = pp * vpp
+    if total_layers % chunks:
+        raise ConfigError(
+            f"--pp {pp} x --vpp {vpp} = {chunks} chunks do not divide the {total_layers} "
+            "layers (encoder + decoder); pick pp*vpp dividing the layer count"
+        )
+    size = total_layers // chunks
+    return [(c * size, (c + 1) * size) for c in range(chunks)]
+
+
+def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
+                       total_layers: int) -> TransformerConfig:
+    """A megatron-core TransformerConfig for one of the two stacks."""
+    par, tc = cfg.parallel, cfg.train
+    dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
+    recompute = {}
+    if tc.recompute == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform",
+                         recompute_num_layers=1)
+    elif tc.recompute == "selective":
+        recompute = dict(recompute_granularity="selective")
+    fp8 = {}
+    if tc.fp8 is not None:
+        fp8 = dict(fp8=tc.fp8, fp8_recipe="delayed", fp8_param=False)
+    vpp = par.virtual_pipeline_model_parallel_size
+    return TransformerConfig(
+        num_layers=total_layers,  # the whole stack: megatron checks divisibility on it
+        hidden_size=width,
+        ffn_hidden_size=ffn,
+        num_attention_heads=heads,
+        add_bias_linear=True,
+        add_qkv_bias=True,
+        gated_linear_unit=False,
+        activation_func=torch.nn.functional.gelu,
+        normalization="LayerNorm",
+        layernorm_epsilon=cfg.model.layernorm_epsilon,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=par.tensor_model_parallel_size,
+        pipeline_model_parallel_size=par.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
+        sequence_parallel=par.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=tc.precision == "bf16",
+        variable_seq_lengths=True,  # encoder and decoder chunks send different shapes
+        moe_token_dispatcher_type="alltoall",  # no MoE; the default refuses variable lengths
+        # megatron-core's initialisation only tags TP-sharded parameters (partition dim,
+        # which grad-norm and checkpointing need); megavid.parallel.init sets the values.
+        perform_initialization=True,
+        init_method=torch.nn.init.zeros_,
+        output_layer_init_method=torch.nn.init.zeros_,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        deallocate_pipeline_outputs=True,
+        batch_p2p_comm=False,
+        **recompute,
+        **fp8,
+    )
+
+
+def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[VideoMAEChunk]:
+    """This rank's chunks (one, or ``vpp`` with interleaving), uninitialised."""
+    arch = arch or cfg.model.resolved_arch()
+    par = cfg.parallel
+    pp, vpp = par.pipeline_model_parallel_size, par.virtual_pipeline_model_parallel_size or 1
+    total = arch.num_layers + arch.decoder_num_layers
+    ranges = chunk_ranges(total, pp, vpp)
+    backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8)
+    tp = par.tensor_model_parallel_size
+    pad_multiple = tp if par.sequence_parallel else 1
+    k = num_visible(arch.grid, cfg.model.mask_ratio, cfg.model.masking)
+    enc_cfg = transformer_config(cfg, width=arch.hidden_size, ffn=arch.ffn_hidden_size,
+                                 heads=arch.num_attention_heads, total_layers=total)
+    dec_cfg = transformer_config(cfg, width=arch.decoder_hidden_size,
+                                 ffn=arch.decoder_ffn_hidden_size,
+                                 heads=arch.decoder_num_attention_heads, total_layers=total)
+    enc_spec = get_layer_spec(backend, padding_mask=k % pad_multiple != 0)
+    dec_spec = get_layer_spec(backend, padding_mask=arch.num_tokens % pad_multiple != 0)
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    chunks = []
+    for v in range(vpp):
+        first, last = ranges[v * pp + pp_rank]
+        chunks.append(VideoMAEChunk(
+            arch=arch, encoder_config=enc_cfg, decoder_config=dec_cfg,
+            encoder_spec=enc_spec, decoder_spec=dec_spec, first=first, last=last,
+            encoder_final_norm=cfg.model.encoder_final_norm, pad_multiple=pad_multiple,
+            vp_stage=v if vpp > 1 else None,
+        ))
+    return chunks

@@ -1,0 +1,110 @@
+"""What a 4DS transformer layer is, separated from which kernels implement it.
+
+One builder, two backends that build the same tree: ``local`` (plain PyTorch
+and megatron-core's tensor-parallel linears; runs anywhere) and
+``transformer_engine`` (TE's fused LayerNorm+linear and fused attention, the
+path to FP8). Pre-LN blocks with biases and GELU, no causal mask; a padding mask
+only when sequence-parallel padding needs one.
+"""
+
+from __future__ import annotations
+
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from megavid.config import ConfigError
+from megavid.models.attention import SDPACoreAttention
+from megavid.models.norm import LayerNorm
+
+BACKENDS = ("local", "transformer_engine")
+
+
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # ImportError, or a TE build that cannot find CUDA
+        return False
+    return True
+
+
+def get_layer_spec(backend: str, *, padding_mask: bool) -> ModuleSpec:
+    """A ``TransformerLayer`` spec for ``backend`` (``local``/``transformer_engine``)."""
+    mask_type = AttnMaskType.padding if padding_mask else AttnMaskType.no_mask
+    if backend == "local":
+        return _local_spec(mask_type)
+    if backend == "transformer_engine":
+        if not transformer_engine_available():
+            raise ConfigError(
+                "model.transformer_impl=transformer_engine needs Transformer Engine "
+                "(pip install 'megavid[te]' on a CUDA machine, or use NVIDIA's PyTorch "
+                "container); use transformer_impl=local otherwise"
+            )
+        return _te_spec(mask_type)
+    raise ConfigError(f"model.transformer_impl: {backend!r} is not one of {BACKENDS}")
+
+
+def _local_spec(mask_type: AttnMaskType) -> ModuleSpec:
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=LayerNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": mask_type},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=SDPACoreAttention,
+                    linear_proj=RowParallelLinear,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=LayerNorm,
+            mlp=ModuleSpec(
+                module=MLP,
+                submodules=MLPSubmodules(
+                    linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear
+                ),
+            ),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+
+
+def _te_spec(mask_type: AttnMaskType) -> ModuleSpec:
+    # The LayerNorms fold into TE's LayerNorm+linear modules, hence IdentityOp.
+    from megatron.core.extensions.transformer_engine import (
+        TEDotProductAttention,
+        TELayerNormColumnParallelLinear,
+        TERowParallelLinear,
+    )
+
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=IdentityOp,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": mask_type},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=TELayerNormColumnParallelLinear,
+                    core_attention=TEDotProductAttention,
+                    linear_proj=TERowParallelLinear,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=IdentityOp,
+            mlp=ModuleSpec(
+                module=MLP,
+                submodules=MLPSubmodules(
+                    linear_fc1=TELayerNormColumnParallelLinear, linear_fc2=TERowParallelLinear
+                ),
+            ),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )

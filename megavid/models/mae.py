@@ -1,0 +1,179 @@
+"""The 4DS video MAE as pipeline model chunks.
+
+The model is one sequence of ``Le + Ld`` transformer layers: the encoder (on
+visible tubelets only) followed by the MAE decoder (on all tubelets). A chunk
+owns a contiguous range of it and the pieces around its ends:
+
+- ``pre_process`` (first chunk): tubelet embedding, position embedding, gather
+  of the visible tokens;
+- the transition (the chunk holding decoder layer 0): optional encoder norm,
+  projection to the decoder width, mask tokens scattered in, decoder position
+  embedding;
+- ``post_process`` (last chunk): decoder norm and the pixel head.
+
+Between chunks only ``[s, b, h]`` hidden states travel (s differs between
+encoder and decoder, so the schedules run with ``variable_seq_lengths``).
+Masks are recomputed on every chunk from the batch (``megavid.models.masking``).
+
+Sequence parallelism shards ``s`` over the TP group, so ``s`` is zero-padded
+to a multiple of the TP size: 4DS's 79 visible tokens become 80 at TP=2 and
+TP=8; padded keys are masked out of attention and padded outputs dropped, so
+the result is exactly that of the unpadded model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.enums import ModelType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (
+    TransformerBlock,
+    TransformerBlockSubmodules,
+)
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megavid.models.mae_ops import gather_tokens, patchify, scatter_tokens
+from megavid.models.norm import LayerNorm
+from megavid.models.presets import ModelArch
+
+
+def _block(config: TransformerConfig, spec: ModuleSpec, n: int, first: int, vp_stage):
+    """A TransformerBlock of ``n`` layers whose layer numbers start at ``first + 1``."""
+    if n == 0:
+        return None
+    block = TransformerBlock(
+        config,
+        TransformerBlockSubmodules(layer_specs=[spec] * n, layer_norm=None),
+        pre_process=True,  # hidden states are passed in; this chunk handles pipeline input
+        post_process=False,
+        post_layer_norm=False,
+        vp_stage=vp_stage,
+    )
+    for i, layer in enumerate(block.layers):
+        # megatron numbers layers by its own even split; ours is the stack position
+        layer.layer_number = first + i + 1
+    return block
+
+
+class VideoMAEChunk(MegatronModule):
+    """Layers ``[first, last)`` of the encoder+decoder stack, with their ends."""
+
+    def __init__(
+        self,
+        *,
+        arch: ModelArch,
+        encoder_config: TransformerConfig,
+        decoder_config: TransformerConfig,
+        encoder_spec: ModuleSpec,
+        decoder_spec: ModuleSpec,
+        first: int,
+        last: int,
+        encoder_final_norm: bool,
+        pad_multiple: int,
+        vp_stage: int | None = None,
+    ):
+        super().__init__(config=encoder_config)
+        num_enc = arch.num_layers
+        self.arch = arch
+        self.model_type = ModelType.encoder_or_decoder
+        self.share_embeddings_and_output_weights = False
+        self.pre_process = first == 0
+        self.post_process = last == num_enc + arch.decoder_num_layers
+        self.has_transition = first <= num_enc < last
+        self.first_encoder_layer = min(first, num_enc)
+        self.first_decoder_layer = max(first, num_enc) - num_enc
+        self.pad_multiple = pad_multiple
+        self.vp_stage = vp_stage  # read by megatron-core's Float16Module
+        self.input_tensor = None
+        d, dd, n, p = arch.hidden_size, arch.decoder_hidden_size, arch.num_tokens, arch.patch_dim
+
+        if self.pre_process:
+            self.patch_embed = torch.nn.Linear(p, d)  # == Conv3d(kernel=stride=tubelet)
+            self.pos_embed = torch.nn.Parameter(torch.zeros(n, d))
+        self.encoder = _block(encoder_config, encoder_spec,
+                              max(0, min(last, num_enc) - first), self.first_encoder_layer,
+                              vp_stage)
+        if self.has_transition:
+            if encoder_final_norm:
+                self.encoder_norm = LayerNorm(encoder_config, d, encoder_config.layernorm_epsilon)
+            else:
+                self.encoder_norm = None
+            self.decoder_embed = torch.nn.Linear(d, dd)
+            self.mask_token = torch.nn.Parameter(torch.zeros(dd))
+            self.decoder_pos_embed = torch.nn.Parameter(torch.zeros(n, dd))
+        self.decoder = _block(decoder_config, decoder_spec,
+                              max(0, last - max(first, num_enc)), self.first_decoder_layer,
+                              vp_stage)
+        if self.post_process:
+            self.decoder_norm = LayerNorm(decoder_config, dd, decoder_config.layernorm_epsilon)
+            self.head = torch.nn.Linear(dd, p)
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline hook: the previous chunk's output, [s, b, h]."""
+        if isinstance(input_tensor, (list, tuple)):
+            input_tensor = input_tensor[0]
+        self.input_tensor = input_tensor
+
+    # -- sequence-parallel plumbing ---------------------------------------
+    def _padded_len(self, s: int) -> int:
+        return -(-s // self.pad_multiple) * self.pad_multiple
+
+    def _pad_mask(self, s: int, b: int, device) -> torch.Tensor | None:
+        """[b, 1, 1, s_padded] True on padding keys, or None when there is none."""
+        s_pad = self._padded_len(s)
+        if s_pad == s:
+            return None
+        mask = torch.zeros(b, 1, 1, s_pad, dtype=torch.bool, device=device)
+        mask[..., s:] = True
+        return mask
+
+    def _to_stack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, H) replicated -> [S_pad(/tp), B, H] as the transformer stack wants."""
+        x = x.transpose(0, 1).contiguous()  # [S, B, H]
+        s_pad = self._padded_len(x.shape[0])
+        if s_pad != x.shape[0]:
+            x = F.pad(x, (0, 0, 0, 0, 0, s_pad - x.shape[0]))
+        if self.config.sequence_parallel:
+            x = tensor_parallel.scatter_to_sequence_parallel_region(x)
+        return x
+
+    def _from_stack(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        """[S_pad(/tp), B, H] -> (B, S, H) replicated, padding dropped."""
+        if self.config.sequence_parallel:
+            x = tensor_parallel.gather_from_sequence_parallel_region(
+                x, tensor_parallel_output_grad=False
+            )
+        return x[:s].transpose(0, 1)
+
+    # -- forward ----------------------------------------------------------
+    def forward(self, video: torch.Tensor | None, ids_keep: torch.Tensor) -> torch.Tensor:
+        """video (B, T, H, W, C) on the first chunk; ids_keep (B, K) everywhere.
+
+        Returns the next chunk's input [s, b, h], or on the last chunk the
+        predicted tubelets (B, N, P).
+        """
+        b, k = ids_keep.shape
+        n = self.arch.num_tokens
+        if self.pre_process:
+            visible = gather_tokens(patchify(video, self.arch.tubelet), ids_keep)  # (B, K, P)
+            x = self.patch_embed(visible) + self.pos_embed[ids_keep]  # (B, K, D)
+            hidden = self._to_stack(x)  # [K_pad(/tp), B, D]
+        else:
+            hidden = self.input_tensor
+        if self.encoder is not None:
+            hidden = self.encoder(hidden, attention_mask=self._pad_mask(k, b, hidden.device))
+        if self.has_transition:
+            if self.encoder_norm is not None:
+                hidden = self.encoder_norm(hidden)
+            x = self.decoder_embed(self._from_stack(hidden, k))  # (B, K, Dd)
+            x = scatter_tokens(x, ids_keep, self.mask_token, n) + self.decoder_pos_embed  # (B, N, Dd)
+            hidden = self._to_stack(x)  # [N_pad(/tp), B, Dd]
+        if self.decoder is not None:
+            hidden = self.decoder(hidden, attention_mask=self._pad_mask(n, b, hidden.device))
+        if not self.post_process:
+            return hidden
+        hidden = self.decoder_norm(hidden)
+        return self.head(self._from_stack(hidden, n))  # (B, N, P)

@@ -1,0 +1,113 @@
+"""Process-group start-up: torch.distributed, megatron-core parallel state, RNG.
+
+Ranks come from torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or from SLURM's srun
+(SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, rendezvous at MASTER_ADDR/PORT); a
+single process without either runs as world size 1. NCCL with CUDA, gloo
+without: everything else is the same code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megavid.parallel import cpu_compat
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    source: str  # torchrun | slurm | single
+
+
+def read_dist_env(environ=os.environ) -> DistEnv:
+    """Where this process sits, from torchrun's or SLURM's variables."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        rank, world = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+        local = int(environ.get("LOCAL_RANK", rank))
+        source = "torchrun"
+    elif "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
+        rank, world = int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"])
+        local = int(environ.get("SLURM_LOCALID", 0))
+        source = "slurm"
+        if world > 1 and "MASTER_ADDR" not in environ:
+            raise RuntimeError(
+                "SLURM launch without MASTER_ADDR: export MASTER_ADDR (the first host of "
+                "`scontrol show hostnames $SLURM_JOB_NODELIST`) and MASTER_PORT before srun"
+            )
+    else:
+        rank, world, local, source = 0, 1, 0, "single"
+    addr = environ.get("MASTER_ADDR", "127.0.0.1")
+    port = int(environ.get("MASTER_PORT", "29500"))
+    return DistEnv(rank, world, local, addr, port, source)
+
+
+def init_distributed(timeout_minutes: int = 10) -> DistEnv:
+    """Start the default process group (idempotent) and the CPU bridge if needed."""
+    on_cpu = cpu_compat.install()
+    env = read_dist_env()
+    if dist.is_initialized():
+        return env
+    if not on_cpu:
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+    backend = "gloo" if on_cpu else "nccl"
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+    return env
+
+
+def init_model_parallel(
+    *, tp: int, pp: int, vpp: int | None, timeout_minutes: int = 10
+) -> None:
+    """megatron-core's groups: TP innermost, then DP, PP outermost (its default order)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator; the model-parallel tracker gets per-TP-rank streams.
+
+    Parameter initialisation does not draw from these (see
+    ``megavid.parallel.init``), so the model is the same whatever the layout.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    local_seed = seed + 100 * pp_rank
+    random.seed(local_seed)
+    np.random.seed(local_seed)
+    torch.manual_seed(local_seed)
+    model_parallel_cuda_manual_seed(local_seed)
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,63 @@
+"""Peak throughput of the devices MFU is quoted against.
+
+GPU numbers are NVIDIA datasheet dense (no sparsity) tensor-core peaks; on a
+CPU the peak is measured (a large fp32 matmul), since no datasheet applies.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+# TFLOP/s dense, by precision; HBM bandwidth in GB/s.
+GPU_PEAKS = {
+    # H100 SXM5 datasheet: 989 TF BF16, 1979 TF FP8, 3.35 TB/s.
+    "H100 SXM": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0, "hbm_gbs": 3350.0},
+    # H100 PCIe: 756 TF BF16, 1513 TF FP8, 2.0 TB/s.
+    "H100 PCIe": {"bf16": 756.0, "fp8": 1513.0, "fp32": 378.0, "hbm_gbs": 2000.0},
+    # H200 SXM: same tensor cores as H100 SXM, 4.8 TB/s HBM3e.
+    "H200": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0, "hbm_gbs": 4800.0},
+    # A100 SXM 80GB: 312 TF BF16, 156 TF TF32, 2.0 TB/s; no FP8.
+    "A100": {"bf16": 312.0, "fp8": None, "fp32": 156.0, "hbm_gbs": 2039.0},
+    # B200 (HGX): 2250 TF BF16, 4500 TF FP8 dense, 8 TB/s.
+    "B200": {"bf16": 2250.0, "fp8": 4500.0, "fp32": 1100.0, "hbm_gbs": 8000.0},
+}
+
+
+def _match_gpu(name: str) -> str | None:
+    lowered = name.lower()
+    for key in GPU_PEAKS:
+        model, *variant = key.lower().split()
+        if model in lowered and all(v in lowered for v in variant):
+            return key
+    for key in GPU_PEAKS:  # "H100 80GB HBM3" is the SXM part
+        if key.split()[0].lower() in lowered:
+            return key
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def measured_cpu_tflops(size: int = 1024, repeats: int = 5) -> float:
+    """fp32 matmul throughput of this process's CPU threads, in TFLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12
+
+
+def peak_tflops(precision: str) -> tuple[float, str]:
+    """(peak TFLOP/s per device, where the number came from) for this machine."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        key = _match_gpu(name)
+        if key is None:
+            return float("nan"), f"{name} (not in megavid.tools.devices.GPU_PEAKS)"
+        prec = "fp8" if precision == "fp8" else ("fp32" if precision == "fp32" else "bf16")
+        return GPU_PEAKS[key][prec] or float("nan"), f"{key} datasheet {prec}"
+    return measured_cpu_tflops(), "CPU fp32 matmul, measured"

@@ -1,0 +1,66 @@
+"""megatron-core DDP wrappers, optimizer and LR/WD schedule for the model chunks."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer.module import Float16Module
+
+from megavid.config import RunConfig
+
+
+def wrap_model(cfg: RunConfig, chunks: list[torch.nn.Module]) -> list[DistributedDataParallel]:
+    """bf16 casting (megatron's Float16Module) inside DDP's gradient buffers and DP reduction.
+
+    Only the first chunk buckets when interleaving (megatron-core's choice: the
+    other chunks' reductions overlap with the first chunk's backward).
+    """
+    par = cfg.parallel
+    if cfg.train.precision == "bf16":
+        chunks = [Float16Module(chunk.config, chunk) for chunk in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=par.overlap_grad_reduce,
+        use_distributed_optimizer=par.use_distributed_optimizer,
+        average_in_collective=False,  # scale by 1/dp before the sum: same on gloo and NCCL
+    )
+    return [
+        DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
+                                disable_bucketing=i > 0)
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def build_optimizer(cfg: RunConfig, model: list[DistributedDataParallel]):
+    """AdamW (decoupled weight decay, none on biases and norms) and its scheduler."""
+    tc = cfg.train
+    opt_config = OptimizerConfig(
+        optimizer="adam",
+        lr=tc.lr,
+        min_lr=tc.min_lr,
+        weight_decay=tc.weight_decay,
+        adam_beta1=tc.adam_beta1,
+        adam_beta2=tc.adam_beta2,
+        adam_eps=1e-8,
+        clip_grad=tc.clip_grad,
+        bf16=tc.precision == "bf16",
+        params_dtype=torch.bfloat16 if tc.precision == "bf16" else torch.float32,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(opt_config, model)
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=tc.lr,
+        min_lr=tc.min_lr,
+        lr_warmup_steps=tc.lr_warmup_iters,
+        lr_decay_steps=tc.train_iters,
+        lr_decay_style="cosine",
+        start_wd=tc.weight_decay,
+        end_wd=tc.weight_decay,
+        wd_incr_steps=tc.train_iters,
+        wd_incr_style="constant",
+    )
+    return optimizer, scheduler

@@ -1,0 +1,43 @@
+"""One micro-batch forward for megatron-core's pipeline schedules."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from megatron.core.utils import get_attr_wrapped_model
+
+from megavid.config import RunConfig
+from megavid.models.mae_ops import mae_loss, patchify
+from megavid.models.masking import make_masks
+
+
+def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, pred: torch.Tensor):
+    loss = mae_loss(pred, patches, mask, norm_pix=norm_pix)
+    # a copy: the schedule divides the returned loss in place by the micro-batch count
+    return loss, {"loss": loss.detach().clone()}
+
+
+def make_forward_step(cfg: RunConfig):
+    """The ``forward_step_func(data_iterator, model)`` the schedules call per micro-batch."""
+    arch = cfg.model.resolved_arch()
+    seed, norm_pix = cfg.train.seed, cfg.model.norm_pix_loss
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        chunk = get_attr_wrapped_model(model, "pre_process", return_model_obj=True)
+        # every chunk recomputes the masks from the sample ids: (B, K) and (B, N)
+        ids_keep, mask = make_masks(batch["index"], grid=arch.grid,
+                                    mask_ratio=cfg.model.mask_ratio,
+                                    masking=cfg.model.masking, seed=seed)
+        ids_keep = ids_keep.cuda(non_blocking=True)
+        video = None
+        if chunk.pre_process or chunk.post_process:
+            video = batch["video"].cuda(non_blocking=True)  # (B, T, H, W, C)
+        output = model(video if chunk.pre_process else None, ids_keep)  # bf16 cast: Float16Module
+        if not chunk.post_process:
+            return output, None
+        patches = patchify(video, arch.tubelet)  # (B, N, P) targets
+        return output, partial(_loss_func, patches, mask.cuda(non_blocking=True), norm_pix)
+
+    return forward_step
