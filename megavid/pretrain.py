@@ -7,12 +7,23 @@ With no arguments it runs the CPU demo: a tiny model on synthetic clips.
 from __future__ import annotations
 
 import sys
+import warnings
 
 from megavid.cli import parse_args
+
+# megatron-core's import-time notices about optional fused kernels (apex, TE) and torch's
+# renamed collectives: true, known, and not actionable by a megavid user.
+_KNOWN_NOISE = (
+    "Apex is not installed", "Transformer Engine and Apex are not installed",
+    "full scope is deprecated", ".*all_gather_into_tensor.* is deprecated",
+    ".*reduce_scatter_tensor.* is deprecated",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    for message in _KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message)
     from megavid.parallel import runtime
     from megavid.config import ConfigError
     from megavid.training.trainer import Trainer

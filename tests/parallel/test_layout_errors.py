@@ -1,0 +1,89 @@
+"""Bad settings fail fast, in one line that names the flag and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from megavid.cli import parse_args
+from megavid.config import ConfigError, load_config
+from megavid.models.builder import resolve_backend
+from megavid.parallel.layout import LayoutError, resolve_layout
+from tests.conftest import REPO, subprocess_env
+
+
+def cfg(**overrides):
+    return load_config(overrides={"model.preset": "tiny", **overrides})
+
+
+@pytest.mark.parametrize("overrides, world, needle", [
+    ({"parallel.tensor_model_parallel_size": 2, "parallel.pipeline_model_parallel_size": 2},
+     6, "world size 6 is not divisible by --tp 2 x --pp 2"),
+    ({"parallel.tensor_model_parallel_size": 8}, 8, "--tp 8 does not divide model.arch.num_attention_heads=4"),
+    ({"parallel.pipeline_model_parallel_size": 3}, 3, "--pp 3 x --vpp 1 = 3 does not divide the 8 layers"),
+    ({"parallel.pipeline_model_parallel_size": 2, "parallel.virtual_pipeline_model_parallel_size": 3},
+     2, "--pp 2 x --vpp 3 = 6 does not divide the 8 layers"),
+    ({"train.global_batch_size": 6, "train.micro_batch_size": 2}, 2,
+     "--global-batch-size 6 is not a multiple of --micro-batch-size 2 x data-parallel size 2"),
+])
+def test_layout_errors_name_the_flag(overrides, world, needle):
+    with pytest.raises(LayoutError) as err:
+        resolve_layout(cfg(**overrides), world)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_layout_derives_dp_and_microbatches():
+    layout = resolve_layout(cfg(**{"parallel.tensor_model_parallel_size": 2,
+                                   "parallel.pipeline_model_parallel_size": 2,
+                                   "train.global_batch_size": 16,
+                                   "train.micro_batch_size": 2}), 8)
+    assert (layout.dp, layout.num_microbatches) == (2, 4)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"model.preset": "4ds-x"}, "model.preset: unknown preset '4ds-x'"),
+    ({"model.mask_ratio": 1.0}, "model.mask_ratio"),
+    ({"parallel.sequence_parallel": True}, "--sp needs --tp > 1"),
+    ({"train.fp8": "hybrid", "model.transformer_impl": "local"}, "--fp8 needs the Transformer Engine"),
+    ({"train.lr_warmup_iters": 50, "train.train_iters": 10}, "--lr-warmup-iters 50"),
+    ({"model.masking": "blocks"}, "model.masking"),
+])
+def test_config_errors_name_the_field(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    assert needle in str(err.value)
+
+
+def test_fp8_or_te_without_transformer_engine():
+    pytest.importorskip("torch")
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+        pytest.skip("Transformer Engine is installed here")
+    except Exception:
+        pass
+    with pytest.raises(ConfigError, match="--fp8 hybrid needs Transformer Engine"):
+        resolve_backend("auto", fp8="hybrid")
+    from megavid.models.layer_specs import get_layer_spec
+    with pytest.raises(ConfigError, match="transformer_impl=transformer_engine needs Transformer Engine"):
+        get_layer_spec("transformer_engine", padding_mask=False)
+
+
+def test_cli_aliases_reach_the_same_fields():
+    short = parse_args(["--tp", "2", "--pp", "2", "--vpp", "2", "--sp", "--preset", "tiny",
+                        "--global-batch-size", "16"])
+    long = parse_args(["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                       "--virtual-pipeline-model-parallel-size", "2", "--sequence-parallel",
+                       "--preset", "tiny", "--global-batch-size", "16"])
+    assert short == long and short.parallel.sequence_parallel
+
+
+def test_entry_point_fails_fast_with_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "megavid.pretrain", "--preset", "tiny", "--tp", "3"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert errors == ["megavid: error: world size 1 is not divisible by --tp 3 x --pp 1 = 3; "
+                      "change --tp/--pp or the number of processes"]
