@@ -36,6 +36,12 @@ _FLAGS = [
      "local | transformer_engine | auto"),
     (("--data", "--data-path"), "data.path", str, "folder of videos (default: demo clips)"),
     (("--num-workers",), "data.num_workers", int, "decoding workers per rank"),
+    (("--save",), "checkpoint.save", str, "checkpoint directory"),
+    (("--save-interval",), "checkpoint.save_interval", int, "steps between checkpoints"),
+    (("--load",), "checkpoint.load", str, "resume from this checkpoint directory"),
+    (("--keep-last",), "checkpoint.keep_last", int, "complete checkpoints to keep"),
+    (("--exit-duration-in-mins",), "checkpoint.exit_duration_in_mins", float,
+     "save and exit after this many minutes"),
     (("--log-dir",), "log.log_dir", str, "run directory (default runs/<timestamp>)"),
     (("--log-interval",), "log.log_interval", int, "steps between console lines"),
 ]
@@ -45,6 +51,9 @@ _SWITCHES = [
      "shard optimizer state over data-parallel ranks"),
     (("--overlap-grad-reduce",), "parallel.overlap_grad_reduce",
      "overlap the DP gradient reduction with backward"),
+    (("--async-save",), "checkpoint.async_save", "write checkpoints in the background"),
+    (("--requeue-on-preempt",), "checkpoint.requeue_on_preempt",
+     "after a SIGUSR1 save, requeue the SLURM job"),
 ]
 
 

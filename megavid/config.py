@@ -76,6 +76,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16
     fp8: Optional[str] = None  # None | hybrid | e4m3 (Transformer Engine only)
     recompute: Optional[str] = None  # None | full | selective
+    max_consecutive_skips: int = 5  # stop after this many non-finite steps in a row
+    loss_spike_factor: float = 3.0  # log a spike when loss > factor x its running mean
+    inject_nan_steps: list = field(default_factory=list)  # fault injection: NaN loss at these steps
 
 
 @dataclass
@@ -87,6 +90,19 @@ class DataConfig:
     demo_clips: int = 32  # how many demo clips to synthesise
     cache_dir: str = "~/.cache/megavid"
     mock: bool = False  # random clips made in memory: step timing and parity tests, no decoding
+    decoder: str = "pyav"  # video decoding backend (megavid/data/decode.py); pyav = FFmpeg on CPU
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = None  # directory of checkpoints (iter_NNNNNNN/ + latest)
+    save_interval: int = 0  # optimizer steps between saves; 0 = only at the end / on preemption
+    load: Optional[str] = None  # resume from <load>/latest (or a given iter_* directory)
+    keep_last: int = 3  # complete checkpoints kept; older ones are deleted
+    async_save: bool = False  # write shards in a background process while training goes on
+    load_fallback: bool = True  # if latest is damaged, load the newest complete older one
+    requeue_on_preempt: bool = False  # after a SIGUSR1 save: scontrol requeue $SLURM_JOB_ID
+    exit_duration_in_mins: Optional[float] = None  # save and exit after this wall-clock budget
 
 
 @dataclass
@@ -103,6 +119,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
@@ -177,6 +194,7 @@ _CHOICES = {
     "train.fp8": (None, "hybrid", "e4m3"),
     "train.recompute": (None, "full", "selective"),
     "data.value_range": ("unit", "imagenet"),
+    "data.decoder": ("pyav",),  # a DALI/NVDEC backend will join here
 }
 
 
@@ -229,6 +247,11 @@ def validate(cfg: RunConfig) -> None:
             "--fp8 needs the Transformer Engine layer spec; set model.transformer_impl to "
             "'transformer_engine' or 'auto', or drop --fp8"
         )
+    ck = cfg.checkpoint
+    if ck.save_interval < 0 or ck.keep_last < 1:
+        raise ConfigError("checkpoint: save_interval must be >= 0 and keep_last >= 1")
+    if ck.save_interval and not ck.save:
+        raise ConfigError("--save-interval needs --save DIR")
     par = cfg.parallel
     if par.sequence_parallel and par.tensor_model_parallel_size == 1:
         raise ConfigError("--sp needs --tp > 1 (sequence parallelism shards along the TP group)")

@@ -26,16 +26,20 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=message)
     from megavid.parallel import runtime
     from megavid.config import ConfigError
-    from megavid.training.trainer import Trainer
+    from megavid.training.checkpoint_dirs import CheckpointError
+    from megavid.training.trainer import Trainer, TrainingStopped
 
     try:
         trainer = Trainer(cfg)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         print(f"megavid: error: {err}", file=sys.stderr)
         runtime.shutdown()
         return 2
     try:
         trainer.train()
+    except TrainingStopped as err:
+        print(f"megavid: stopped: {err}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
         runtime.shutdown()

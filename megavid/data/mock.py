@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from megavid.data.sampling import check_batch_layout, micro_batch_positions
 from megavid.models.presets import ModelArch
 
 
@@ -30,29 +31,32 @@ def mock_clip(arch: ModelArch, seed: int, index: int) -> torch.Tensor:
 
 
 class MockLoader:
-    """Iterable of micro-batches {"video": (b, T, H, W, C), "index": (b,)}."""
+    """Iterable of micro-batches {"video": (b, T, H, W, C), "index": (b,)}.
+
+    Its position counts micro-batches handed out, so a ``state_dict`` taken after
+    step s resumes at step s + 1 (not at the start of step s).
+    """
 
     def __init__(self, arch: ModelArch, *, global_batch_size: int, micro_batch_size: int,
                  dp_rank: int, dp_size: int, seed: int, start_step: int = 0):
         self.arch, self.seed = arch, seed
-        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
-        self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.step = start_step
+        self.per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
+        self.layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                           dp_rank=dp_rank, dp_size=dp_size)
+        self.consumed = start_step * self.per_step  # micro-batches handed out so far
         self.stats = {"clips": 0}
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        step, micro_batch = divmod(self.consumed, self.per_step)
+        return {"step": step, "micro_batch": micro_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+        self.consumed = int(state["step"]) * self.per_step + int(state.get("micro_batch", 0))
 
     def __iter__(self):
-        per_rank = self.global_batch_size // self.dp_size
         while True:
-            base = self.step * self.global_batch_size + self.dp_rank * per_rank
-            for start in range(base, base + per_rank, self.micro_batch_size):
-                index = torch.arange(start, start + self.micro_batch_size)
-                video = torch.stack([mock_clip(self.arch, self.seed, int(i)) for i in index])
-                self.stats["clips"] += len(index)
-                yield {"video": video, "index": index}
-            self.step += 1
+            index = torch.tensor(micro_batch_positions(self.consumed, **self.layout))  # (b,)
+            video = torch.stack([mock_clip(self.arch, self.seed, int(i)) for i in index])
+            self.stats["clips"] += len(index)
+            self.consumed += 1
+            yield {"video": video, "index": index}  # video: (b, T, H, W, C)

@@ -34,6 +34,12 @@ from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import (
+    ensure_metadata_has_dp_cp_group,
+    make_sharded_tensors_for_checkpoint,
+    sharded_state_dict_default,
+)
+from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 
 from megavid.models.mae_ops import gather_tokens, patchify, scatter_tokens
 from megavid.models.norm import LayerNorm
@@ -116,6 +122,34 @@ class VideoMAEChunk(MegatronModule):
         if isinstance(input_tensor, (list, tuple)):
             input_tensor = input_tensor[0]
         self.input_tensor = input_tensor
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: dict | None = None) -> dict:
+        """Checkpoint view in layout-free names: each stack's layers are one global tensor.
+
+        megatron-core's ``TransformerBlock.sharded_state_dict`` assumes its own even
+        layer split; this chunk owns an arbitrary range of the encoder+decoder stack,
+        so the layers are stacked here by their position in their whole stack.
+        """
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        own = {}
+        self._save_to_state_dict(own, "", keep_vars=True)  # pos_embed, mask_token, ...
+        result = make_sharded_tensors_for_checkpoint(
+            own, prefix, sharded_offsets=sharded_offsets, dp_cp_group=metadata["dp_cp_group"])
+        depth = {"encoder": self.arch.num_layers, "decoder": self.arch.decoder_num_layers}
+        first = {"encoder": self.first_encoder_layer, "decoder": self.first_decoder_layer}
+        for name, module in self.named_children():
+            if name not in depth:
+                result.update(sharded_state_dict_default(module, f"{prefix}{name}.",
+                                                         sharded_offsets, metadata))
+                continue
+            for i, layer in enumerate(module.layers):
+                local = f"{prefix}{name}.layers.{i}."
+                layer_sd = layer.sharded_state_dict(
+                    local, (*sharded_offsets, (0, first[name] + i, depth[name])), metadata)
+                replace_prefix_for_sharding(layer_sd, local, f"{prefix}{name}.layers.")
+                result.update(layer_sd)
+        return result
 
     # -- sequence-parallel plumbing ---------------------------------------
     def _padded_len(self, s: int) -> int:

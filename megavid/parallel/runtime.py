@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +49,19 @@ def read_dist_env(environ=os.environ) -> DistEnv:
     else:
         rank, world, local, source = 0, 1, 0, "single"
     addr = environ.get("MASTER_ADDR", "127.0.0.1")
-    port = int(environ.get("MASTER_PORT", "29500"))
+    if "MASTER_PORT" in environ:
+        port = int(environ["MASTER_PORT"])
+    elif source == "single":
+        port = _free_port()  # lone runs never collide with each other
+    else:
+        port = 29500
     return DistEnv(rank, world, local, addr, port, source)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def init_distributed(timeout_minutes: int = 10) -> DistEnv:

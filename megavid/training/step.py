@@ -12,14 +12,20 @@ from megavid.models.mae_ops import mae_loss, patchify
 from megavid.models.masking import make_masks
 
 
-def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, pred: torch.Tensor):
+def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, poison: bool,
+               pred: torch.Tensor):
     loss = mae_loss(pred, patches, mask, norm_pix=norm_pix)
+    if poison:  # fault injection (train.inject_nan_steps)
+        loss = loss * float("nan")
     # a copy: the schedule divides the returned loss in place by the micro-batch count
     return loss, {"loss": loss.detach().clone()}
 
 
-def make_forward_step(cfg: RunConfig):
-    """The ``forward_step_func(data_iterator, model)`` the schedules call per micro-batch."""
+def make_forward_step(cfg: RunConfig, inject_nan=lambda: False):
+    """The ``forward_step_func(data_iterator, model)`` the schedules call per micro-batch.
+
+    ``inject_nan()`` says whether this step's loss is to be poisoned (fault injection).
+    """
     arch = cfg.model.resolved_arch()
     seed, norm_pix = cfg.train.seed, cfg.model.norm_pix_loss
 
@@ -38,6 +44,7 @@ def make_forward_step(cfg: RunConfig):
         if not chunk.post_process:
             return output, None
         patches = patchify(video, arch.tubelet)  # (B, N, P) targets
-        return output, partial(_loss_func, patches, mask.cuda(non_blocking=True), norm_pix)
+        return output, partial(_loss_func, patches, mask.cuda(non_blocking=True), norm_pix,
+                               inject_nan())
 
     return forward_step

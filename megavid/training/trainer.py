@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -22,10 +23,16 @@ from megavid.parallel import runtime
 from megavid.parallel.init import initialize_chunk
 from megavid.parallel.layout import resolve_layout
 from megavid.tools.devices import peak_tflops
+from megavid.training.checkpoint import Checkpointer
 from megavid.training.flops import mae_train_flops_per_clip
 from megavid.training.optim import build_optimizer, wrap_model
+from megavid.training.preemption import StopRequest, requeue_slurm_job
 from megavid.training.progress import Progress, default_log_dir
 from megavid.training.step import make_forward_step
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the last checkpoint is intact."""
 
 
 class Trainer:
@@ -38,6 +45,12 @@ class Trainer:
                                     timeout_minutes=cfg.parallel.distributed_timeout_minutes)
         runtime.set_seed(cfg.train.seed)
         self.arch = cfg.model.resolved_arch()
+        log_dir = Path(cfg.log.log_dir) if cfg.log.log_dir else default_log_dir()
+        self.progress = Progress(
+            log_dir, total_steps=cfg.train.train_iters, tensorboard=cfg.log.tensorboard,
+            plot=cfg.log.plot, log_interval=cfg.log.log_interval,
+            enabled=dist.get_rank() == 0, resolved_config=cfg.to_dict(),
+        )
 
         # Model: build this rank's chunks, give them layout-free values, wrap for DP.
         chunks = build_model_chunks(cfg, self.arch)
@@ -47,31 +60,37 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self._hook_schedules()
 
-        # Data: one replica's stream, shared by its TP and PP ranks; a copy per chunk.
+        # Data: one replica's stream, shared by its TP and PP ranks.
         if cfg.data.mock:
             source = MockLoader
         else:
             from megavid.data import build_train_loader
 
             source = partial(build_train_loader, cfg.data)
-        loader = source(
+        self.loader = source(
             self.arch, global_batch_size=cfg.train.global_batch_size,
             micro_batch_size=layout.micro_batch_size,
             dp_rank=parallel_state.get_data_parallel_rank(), dp_size=layout.dp,
             seed=cfg.train.seed,
         )
-        self.loader = loader
-        iterators = itertools.tee(iter(loader), layout.vpp)
-        self.data_iterator = list(iterators) if layout.vpp > 1 else iterators[0]
 
-        self.forward_step = make_forward_step(cfg)
+        # Resume: model, optimizer, schedule, loader position, counters.
         self.step = 0
-        log_dir = Path(cfg.log.log_dir) if cfg.log.log_dir else default_log_dir()
-        self.progress = Progress(
-            log_dir, total_steps=cfg.train.train_iters, tensorboard=cfg.log.tensorboard,
-            plot=cfg.log.plot, log_interval=cfg.log.log_interval,
-            enabled=dist.get_rank() == 0, resolved_config=cfg.to_dict(),
-        )
+        self.counters = {"skipped_steps": 0, "loss_spikes": 0}
+        self.checkpointer = Checkpointer(cfg.checkpoint, info=self.progress.info)
+        common = self.checkpointer.load(self.model, self.optimizer, self.scheduler)
+        if common is not None:
+            self.step = common["step"]
+            self.counters.update(common["counters"])
+            self.loader.load_state_dict(common["loader"])
+
+        # A copy of the micro-batch stream per model chunk (interleaved pipelining).
+        iterators = itertools.tee(iter(self.loader), layout.vpp)
+        self.data_iterator = list(iterators) if layout.vpp > 1 else iterators[0]
+        self.forward_step = make_forward_step(cfg, inject_nan=self._nan_injected)
+        self.stop_request = StopRequest(cfg.checkpoint.exit_duration_in_mins)
+        self._consecutive_skips = 0
+        self._loss_ema: float | None = None
         self._announce(env.world_size)
 
     def _hook_schedules(self) -> None:
@@ -96,6 +115,9 @@ class Trainer:
             f" | rank-0 params {n_params:,} | logs {self.progress.log_dir}"
         )
 
+    def _nan_injected(self) -> bool:
+        return self.step + 1 in self.cfg.train.inject_nan_steps
+
     def train_step(self) -> dict:
         """One optimizer step over the global batch; returns its metrics (on every rank)."""
         for chunk in self.model:
@@ -111,12 +133,20 @@ class Trainer:
             micro_batch_size=self.layout.micro_batch_size,
             forward_only=False,
         )
-        _, grad_norm, _ = self.optimizer.step()
-        self.scheduler.step(increment=1)
-        self.step += 1
         loss = self._reduce_loss(losses)
+        # A non-finite loss or gradient anywhere skips the update everywhere.
+        if self._all_finite(loss):
+            _, grad_norm, _ = self.optimizer.step()
+            self.scheduler.step(increment=1)
+            self._consecutive_skips = 0
+            skipped = False
+        else:
+            grad_norm, skipped = float("nan"), True
+            self.counters["skipped_steps"] += 1
+            self._consecutive_skips += 1
+        self.step += 1
         elapsed = time.perf_counter() - start
-        return self._metrics(loss, grad_norm, elapsed)
+        return self._metrics(loss, grad_norm, elapsed, skipped)
 
     def _reduce_loss(self, losses: list[dict]) -> float:
         """Mean micro-batch loss over DP, sent from the last pipeline stage to all stages."""
@@ -129,7 +159,17 @@ class Trainer:
                        group=parallel_state.get_pipeline_model_parallel_group())
         return value.item()
 
-    def _metrics(self, loss: float, grad_norm, elapsed: float) -> dict:
+    def _all_finite(self, loss: float) -> bool:
+        """Loss and every gradient buffer finite, agreed over all ranks."""
+        bad = not math.isfinite(loss)
+        for chunk in self.model:
+            for buffer in chunk.buffers:
+                bad = bad or not bool(torch.isfinite(buffer.grad_data).all())
+        flag = torch.tensor([int(bad)], dtype=torch.int32).cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return not bool(flag.item())
+
+    def _metrics(self, loss: float, grad_norm, elapsed: float, skipped: bool) -> dict:
         tc, world = self.cfg.train, dist.get_world_size()
         clips_per_s = tc.global_batch_size / elapsed
         flops = mae_train_flops_per_clip(self.arch, mask_ratio=self.cfg.model.mask_ratio,
@@ -146,7 +186,32 @@ class Trainer:
             "model_tflops_per_device": per_device,
             "mfu": per_device / peak if peak and not math.isnan(peak) else float("nan"),
             "step_time_s": elapsed,
+            "skipped": skipped,
         }
+
+    def _watch_loss(self, metrics: dict) -> None:
+        """Count and report skipped steps and loss spikes; stop after too many skips."""
+        if metrics["skipped"]:
+            self.progress.info(f"[yellow]step {self.step}: non-finite loss or gradients, update "
+                               f"skipped ({self._consecutive_skips} in a row)[/yellow]")
+            if self._consecutive_skips >= self.cfg.train.max_consecutive_skips:
+                raise TrainingStopped(
+                    f"{self._consecutive_skips} consecutive steps had non-finite loss or "
+                    f"gradients (train.max_consecutive_skips={self.cfg.train.max_consecutive_skips})"
+                    f"; stopping. The last checkpoint (step {self.checkpointer.last_saved_step}) "
+                    "is intact: lower --lr or check the data, then --load it")
+            return
+        loss, ema = metrics["loss"], self._loss_ema
+        if ema is not None and self.step > 10 and loss > self.cfg.train.loss_spike_factor * ema:
+            self.counters["loss_spikes"] += 1
+            self.progress.info(f"[yellow]step {self.step}: loss spike {loss:.4f} "
+                               f"(running mean {ema:.4f})[/yellow]")
+        self._loss_ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+
+    def _save(self) -> None:
+        common = {"loader": self.loader.state_dict(), "counters": dict(self.counters),
+                  "config": self.cfg.to_dict()}
+        self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, common)
 
     def train(self) -> list[dict]:
         history = []
@@ -154,7 +219,22 @@ class Trainer:
             metrics = self.train_step()
             history.append(metrics)
             self.progress.log_step(metrics)
+            self._watch_loss(metrics)
+            self.checkpointer.finalize()
+            if self.checkpointer.due(self.step):
+                self._save()
+            if self.stop_request.agreed():
+                self.progress.info(f"stopping at step {self.step}: {self.stop_request.reason}")
+                self._save()
+                if (self.stop_request.received == signal.SIGUSR1
+                        and self.cfg.checkpoint.requeue_on_preempt):
+                    self.progress.info(requeue_slurm_job())
+                break
+        else:
+            self._save()
         return history
 
     def close(self) -> None:
+        self.checkpointer.finalize(blocking=True)
+        self.stop_request.restore()
         self.progress.close()

@@ -1,0 +1,127 @@
+"""The training loader: this rank's micro-batches, decoded by worker processes.
+
+``build_train_loader`` is the one entry point the trainer uses. The loader's
+position is a count of micro-batches handed to the trainer (not of batches
+the workers have prefetched), so ``state_dict`` taken after a step resumes
+exactly at the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from megavid.config import ConfigError, DataConfig
+from megavid.data.dataset import VideoClipDataset, collate_samples, list_videos
+from megavid.data.decode import DECODERS, build_decoder
+from megavid.data.demo_clips import ensure_demo_clips
+from megavid.data.mock import MockLoader
+from megavid.data.sampling import MicroBatchSampler, check_batch_layout
+from megavid.models.presets import ModelArch
+
+log = logging.getLogger(__name__)
+
+DEMO_SEED = 0  # the demo clips are a fixed dataset: the same whatever --seed a run uses
+STAT_KEYS = ("clips", "skipped_corrupt", "skipped_too_short", "stride_lowered", "padded_short")
+
+
+class VideoLoader:
+    """Endless, resumable iterator of {"video": (b, T, S, S, 3), "index": (b,)} micro-batches."""
+
+    def __init__(self, dataset: VideoClipDataset, *, global_batch_size: int,
+                 micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int,
+                 seed: int, start_step: int = 0):
+        self.per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank {dp_rank} is outside [0, {dp_size})")
+        self.dataset, self.num_workers, self.seed = dataset, num_workers, seed
+        self.layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                           dp_rank=dp_rank, dp_size=dp_size)
+        self.consumed = start_step * self.per_step  # micro-batches handed out so far
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self._warned: set[str] = set()
+
+    def state_dict(self) -> dict:
+        step, micro_batch = divmod(self.consumed, self.per_step)
+        return {"step": step, "micro_batch": micro_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``; takes effect at the next ``iter()``."""
+        self.consumed = int(state["step"]) * self.per_step + int(state.get("micro_batch", 0))
+
+    def __iter__(self):
+        sampler = MicroBatchSampler(start=self.consumed, **self.layout)
+        workers = self.num_workers > 0
+        loader = DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+            collate_fn=collate_samples, pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers, prefetch_factor=2 if workers else None,
+            worker_init_fn=_init_worker,
+            # A private generator: building the iterator must not draw from torch's global RNG.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        for batch in loader:
+            self._count(batch.pop("events"))
+            self.stats["clips"] += len(batch["index"])
+            self.consumed += 1
+            yield batch
+
+    def _count(self, events: list[tuple[str, str]]) -> None:
+        """Add workers' events to ``stats``; warn once per skipped file."""
+        for reason, path in events:
+            self.stats[reason] = self.stats.get(reason, 0) + 1
+            if reason.startswith("skipped") and path not in self._warned:
+                self._warned.add(path)
+                log.warning("data: %s %s; its samples are replaced by the next video", reason, path)
+
+
+def _init_worker(_worker_id: int) -> None:
+    # Decoding workers share the cores with the trainer: one intra-op thread each.
+    torch.set_num_threads(1)
+
+
+def demo_clip_shape(arch: ModelArch, frame_stride: int) -> dict:
+    """Demo clips a bit larger than the model's input (so crops have room) and long
+    enough for a few temporal offsets: 80x96 and 32 frames for the 8x64x64 demo."""
+    even = lambda v: int(v) + int(v) % 2  # noqa: E731 (yuv420p needs even sizes)
+    return dict(num_frames=max(32, 2 * arch.num_frames * frame_stride),
+                size=(even(1.25 * arch.image_size), even(1.5 * arch.image_size)))
+
+
+def _check_config(cfg: DataConfig) -> None:
+    if cfg.num_workers < 0:
+        raise ConfigError(f"data.num_workers (--num-workers): {cfg.num_workers} must be >= 0")
+    if cfg.frame_stride < 1:
+        raise ConfigError(f"data.frame_stride: {cfg.frame_stride} must be >= 1")
+    if cfg.path is None and cfg.demo_clips < 1:
+        raise ConfigError(f"data.demo_clips: {cfg.demo_clips} must be >= 1 (or set --data)")
+    if cfg.decoder not in DECODERS:
+        raise ConfigError(f"data.decoder: {cfg.decoder!r} is not one of {sorted(DECODERS)}")
+
+
+def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: int,
+                       micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
+                       start_step: int = 0):
+    """This data-parallel rank's training stream.
+
+    TP and PP ranks of one replica pass the same ``dp_rank`` and get the same batches.
+    """
+    layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                  dp_rank=dp_rank, dp_size=dp_size, seed=seed, start_step=start_step)
+    if cfg.mock:
+        return MockLoader(arch, **layout)
+    _check_config(cfg)
+    if cfg.path is not None:
+        files = list_videos(cfg.path)
+    else:
+        files = ensure_demo_clips(Path(cfg.cache_dir).expanduser(), cfg.demo_clips,
+                                  seed=DEMO_SEED, **demo_clip_shape(arch, cfg.frame_stride))
+    dataset = VideoClipDataset(
+        files, decoder=build_decoder(cfg.decoder), num_frames=arch.num_frames,
+        image_size=arch.image_size, frame_stride=cfg.frame_stride,
+        value_range=cfg.value_range, seed=seed,
+    )
+    return VideoLoader(dataset, num_workers=cfg.num_workers, **layout)

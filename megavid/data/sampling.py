@@ -1,0 +1,65 @@
+"""Which samples go where: the global sample stream and its per-rank slices.
+
+The stream is defined once for the whole run, independent of the layout:
+global position ``p`` is sample ``perm_e[p mod N]`` of epoch ``e = p // N``,
+where ``perm_e`` is a permutation seeded by ``seed + e``. Optimizer step ``s``
+consumes positions ``[s*G, (s+1)*G)``; data-parallel rank ``r`` of ``D`` takes
+the contiguous slice ``[r*G/D, (r+1)*G/D)`` of it, cut into micro-batches of
+``b`` in order. Because of this, DP=1 with 4 micro-batches and DP=2 with 2
+each see the same samples per step, and a resume only needs a counter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_batch_layout(global_batch_size: int, micro_batch_size: int, dp_size: int) -> int:
+    """Micro-batches per rank per step; errors name the flags to change."""
+    if global_batch_size % (micro_batch_size * dp_size):
+        raise ValueError(
+            f"--global-batch-size {global_batch_size} must be a multiple of "
+            f"--micro-batch-size {micro_batch_size} x data-parallel size {dp_size}"
+        )
+    return global_batch_size // (micro_batch_size * dp_size)
+
+
+def micro_batch_positions(micro_batch: int, *, global_batch_size: int, micro_batch_size: int,
+                          dp_rank: int, dp_size: int) -> range:
+    """Global positions of this rank's ``micro_batch``-th micro-batch (counted from step 0)."""
+    per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
+    step, k = divmod(micro_batch, per_step)
+    per_rank = global_batch_size // dp_size
+    start = step * global_batch_size + dp_rank * per_rank + k * micro_batch_size
+    return range(start, start + micro_batch_size)
+
+
+class EpochPermutation:
+    """Global position -> dataset item, reshuffled every epoch with ``seed + epoch``."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def __call__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if epoch != self._epoch:  # workers walk positions in order: one shuffle per epoch
+            self._epoch = epoch
+            self._perm = np.random.default_rng(self.seed + epoch).permutation(self.size)
+        return int(self._perm[offset])
+
+
+class MicroBatchSampler:
+    """Endless batch sampler for ``DataLoader``: this rank's micro-batches from ``start`` on."""
+
+    def __init__(self, *, start: int, global_batch_size: int, micro_batch_size: int,
+                 dp_rank: int, dp_size: int):
+        self.start = start
+        self.layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                           dp_rank=dp_rank, dp_size=dp_size)
+
+    def __iter__(self):
+        micro_batch = self.start
+        while True:
+            yield list(micro_batch_positions(micro_batch, **self.layout))
+            micro_batch += 1
