@@ -8,10 +8,14 @@ maps to exactly one config field; ``--set section.key=value`` reaches the rest.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import yaml
 
 from megavid.config import RunConfig, load_config
+
+# What runs when no --config is given (also examples/demo_cpu.yaml).
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo_cpu.yaml"
 
 # (flags, config field, type, help)
 _FLAGS = [
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m megavid.pretrain",
         description="Pretrain a 4DS video MAE. With no arguments: the CPU demo.",
     )
-    parser.add_argument("--config", help="YAML run config (examples/*.yaml)")
+    parser.add_argument("--config", help="YAML run config (examples/*.yaml); default: the CPU demo")
     for flags, dest, typ, text in _FLAGS:
         parser.add_argument(*flags, dest=dest, type=typ, default=None, help=text)
     for flags, dest, text in _SWITCHES:
@@ -85,6 +89,6 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. model.masking=tube")
         overrides[key] = yaml.safe_load(value)
     try:
-        return load_config(args.config, overrides)
+        return load_config(args.config or DEMO_CONFIG, overrides)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    preset: str = "demo"  # a row of megavid/models/presets.py
+    preset: str = "4ds-b"  # a row of megavid/models/presets.py
     arch: dict = field(default_factory=dict)  # per-field overrides of the preset's ModelArch
     mask_ratio: float = 0.95  # fraction of tubelets hidden from the encoder
     masking: str = "random"  # random | tube (same spatial mask in every frame)

@@ -12,7 +12,8 @@ from tests.conftest import run_pretrain
 
 pytestmark = pytest.mark.gpu
 
-COMMON = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard=false",
+COMMON = ("--preset", "tiny", "--set", "data.mock=true", "--set", "model.norm_pix_loss=true",
+          "--set", "log.tensorboard=false",
           "--set", "log.plot=false", "--train-iters", "3", "--lr-warmup-iters", "1",
           "--mask-ratio", "0.8", "--global-batch-size", "8", "--micro-batch-size", "2")
 

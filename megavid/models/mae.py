@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -132,16 +132,19 @@ class VideoMAEChunk(MegatronModule):
         so the layers are stacked here by their position in their whole stack.
         """
         metadata = ensure_metadata_has_dp_cp_group(metadata)
+        tp_group = parallel_state.get_tensor_model_parallel_group()  # replicas across TP too
         own = {}
         self._save_to_state_dict(own, "", keep_vars=True)  # pos_embed, mask_token, ...
         result = make_sharded_tensors_for_checkpoint(
-            own, prefix, sharded_offsets=sharded_offsets, dp_cp_group=metadata["dp_cp_group"])
+            own, prefix, sharded_offsets=sharded_offsets, tp_group=tp_group,
+            dp_cp_group=metadata["dp_cp_group"])
         depth = {"encoder": self.arch.num_layers, "decoder": self.arch.decoder_num_layers}
         first = {"encoder": self.first_encoder_layer, "decoder": self.first_decoder_layer}
         for name, module in self.named_children():
             if name not in depth:
                 result.update(sharded_state_dict_default(module, f"{prefix}{name}.",
-                                                         sharded_offsets, metadata))
+                                                         sharded_offsets, metadata,
+                                                         tp_group=tp_group))
                 continue
             for i, layer in enumerate(module.layers):
                 local = f"{prefix}{name}.layers.{i}."

@@ -15,12 +15,17 @@ verification, pruning) lives in ``checkpoint_dirs``.
 
 from __future__ import annotations
 
+import os
+import pickle
+import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.core import CheckpointingException
+from torch.distributed.checkpoint.api import CheckpointException as DCPException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -32,8 +37,11 @@ from megavid.training import checkpoint_dirs as dirs
 _METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
-def _layout() -> dict:
+def _layout(optimizer) -> dict:
     return {
+        "distributed_optimizer": type(optimizer).__name__ == "DistributedOptimizer"
+        or any(type(o).__name__ == "DistributedOptimizer"
+               for o in getattr(optimizer, "chained_optimizers", [])),
         "tp": parallel_state.get_tensor_model_parallel_world_size(),
         "pp": parallel_state.get_pipeline_model_parallel_world_size(),
         "dp": parallel_state.get_data_parallel_world_size(),
@@ -63,6 +71,60 @@ def _unwrap(chunk):
     return get_attr_wrapped_model(chunk, "pre_process", return_model_obj=True)
 
 
+def _prepare_fresh_optimizer(optimizer) -> None:
+    """Give a never-stepped optimizer the state an untouched Adam would have.
+
+    megatron-core 0.16's ``DistributedOptimizer.state_dict()`` (called to build the
+    loading view) asserts that all of torch Adam's states share one ``step`` when
+    neither apex nor TE supplies the fused Adam; a fresh optimizer has no states at
+    all, so loading into it would fail. Its own ``init_state_fn`` adds the moments
+    but not the step.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None or any(len(s) for s in inner.state.values()):
+            continue
+        if opt.init_state_fn is not None:
+            opt.init_state_fn(inner, opt.config)
+        for group in inner.param_groups:
+            for param in group["params"]:
+                inner.state[param].setdefault("step", torch.zeros((), dtype=torch.float32))
+
+
+def _first_reason(err: Exception) -> str:
+    """The underlying message (it names the tensor and both shapes), not DCP's per-rank dump."""
+    failures = getattr(err, "failures", None)  # torch.distributed.checkpoint's wrapper
+    if failures:
+        first = next(iter(failures.values()))
+        return str(getattr(first, "exc", first))
+    return str(err)
+
+
+def _load_optimizer(optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict``, around a megatron-core 0.16 slip with torch's Adam.
+
+    Without apex/TE, ``DistributedOptimizer.load_state_dict`` first gives every Adam
+    state its ``step`` and then copies the loaded tensors into *every* key of that
+    state, ``step`` included, which the loaded tensors never carry (KeyError). So the
+    parameter state is loaded here with ``step`` set aside for the copy.
+    """
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    if (len(inner) != 1 or type(inner[0]).__name__ != "DistributedOptimizer"
+            or state.get("param_state_sharding_type") != "fully_reshardable"):
+        optimizer.load_state_dict(state)
+        return
+    dist_opt, param_state = inner[0], state.pop("param_state")
+    state.pop("param_state_sharding_type")
+    dist_opt.load_state_dict(state)  # param groups, scaler, Adam state allocation
+    adam_state = dist_opt.optimizer.state
+    steps = {p: s.pop("step") for p, s in adam_state.items() if "step" in s}
+    try:
+        dist_opt.load_parameter_state_from_fully_reshardable(param_state)
+    finally:
+        for param, step in steps.items():
+            adam_state[param]["step"] = step
+
+
 def _sharded_state(model, optimizer, *, is_loading: bool, with_rng: bool) -> dict:
     state = {
         f"model{i}": _unwrap(chunk).sharded_state_dict(metadata=_METADATA)
@@ -74,6 +136,13 @@ def _sharded_state(model, optimizer, *, is_loading: bool, with_rng: bool) -> dic
         rank, world = dist.get_rank(), dist.get_world_size()
         state["rng"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
     return state
+
+
+def _maybe_inject_crash(step: int) -> None:
+    """Fault injection for tests: MEGAVID_FAULT_INJECT=kill_before_commit:<step> dies
+    between the shards being written and the checkpoint being committed."""
+    if os.environ.get("MEGAVID_FAULT_INJECT") == f"kill_before_commit:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Checkpointer:
@@ -103,11 +172,12 @@ class Checkpointer:
         dist.barrier()
         state = _sharded_state(model, optimizer, is_loading=False, with_rng=True)
         state["common"] = {**common, "step": step, "scheduler": scheduler.state_dict(),
-                           "layout": _layout()}
+                           "layout": _layout(optimizer)}
         request = dist_checkpointing.save(state, str(target), async_sharded_save=self.async_queue
                                           is not None, content_metadata={"step": step})
         if self.async_queue is None:
             dist.barrier()  # every rank's shards are on disk
+            _maybe_inject_crash(step)
             self._commit(root, step)
         else:
             request.add_finalize_fn(lambda: self._commit(root, step))
@@ -134,19 +204,34 @@ class Checkpointer:
         directory, notes = dirs.resolve_load_dir(self.cfg.load, fallback=self.cfg.load_fallback)
         for note in notes:
             self.info(f"[yellow]skipped damaged checkpoint[/yellow]: {note}")
-        common = dist_checkpointing.load_common_state_dict(str(directory))["common"]
-        same_layout = common["layout"] == _layout()
+        try:
+            common = dist_checkpointing.load_common_state_dict(str(directory))["common"]
+        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused it
+            raise dirs.CheckpointError(
+                f"{directory}/common.pt holds objects that are not plain data; refusing to "
+                f"unpickle them ({str(err).splitlines()[0]})") from None
+        saved, current = common["layout"], _layout(optimizer)
+        if saved["distributed_optimizer"] != current["distributed_optimizer"]:
+            flag = "with" if saved["distributed_optimizer"] else "without"
+            raise dirs.CheckpointError(
+                f"{directory} was saved {flag} --use-distributed-optimizer; its optimizer state "
+                f"loads only into the same kind of optimizer: run {flag} it")
+        same_layout = saved == current
+        _prepare_fresh_optimizer(optimizer)
         state = _sharded_state(model, optimizer, is_loading=True, with_rng=same_layout)
         # a new layout cannot use the old per-rank RNG states: that key alone may go unread
         strict = StrictHandling.RAISE_ALL if same_layout else StrictHandling.LOG_UNEXPECTED
-        loaded = dist_checkpointing.load(state, str(directory), strict=strict)
+        try:
+            loaded = dist_checkpointing.load(state, str(directory), strict=strict)
+        except (CheckpointingException, DCPException) as err:  # e.g. a shape mismatch
+            raise dirs.CheckpointError(f"{directory}: {_first_reason(err)}") from None
         for i, chunk in enumerate(model):
             _unwrap(chunk).load_state_dict(loaded[f"model{i}"])
-        optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(common["scheduler"])
         if same_layout:
             _set_rng_state(loaded["rng"])
         self.info(f"resumed from {directory} at step {common['step']}"
-                  + ("" if same_layout else f" (resharded from {common['layout']})"))
+                  + ("" if same_layout else f" (resharded from {saved} to {current})"))
         self.last_saved_step = common["step"]
         return common

@@ -221,8 +221,8 @@ class Trainer:
             self.progress.log_step(metrics)
             self._watch_loss(metrics)
             self.checkpointer.finalize()
-            if self.checkpointer.due(self.step):
-                self._save()
+            if self.checkpointer.due(self.step) and not metrics["skipped"]:
+                self._save()  # never checkpoint in the middle of a non-finite streak
             if self.stop_request.agreed():
                 self.progress.info(f"stopping at step {self.step}: {self.stop_request.reason}")
                 self._save()
