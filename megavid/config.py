@@ -33,6 +33,7 @@ class ModelConfig:
     encoder_final_norm: bool = False  # 4DS encoders have none
     transformer_impl: str = "auto"  # local | transformer_engine | auto (TE when CUDA and TE exist)
     init_std: float = 0.02  # std of the truncated-normal init of linear weights and embeddings
+    kernels: str = "torch"  # torch | triton | auto: MAE loss and patchify/scatter (kernels/)
 
     def resolved_arch(self) -> ModelArch:
         try:
@@ -190,6 +191,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = N
 _CHOICES = {
     "model.masking": ("random", "tube"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "model.kernels": ("torch", "triton", "auto"),
     "train.precision": ("fp32", "bf16"),
     "train.fp8": (None, "hybrid", "e4m3"),
     "train.recompute": (None, "full", "selective"),

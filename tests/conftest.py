@@ -37,7 +37,8 @@ def subprocess_env() -> dict:
     return env
 
 
-def run_pretrain(tmp_path: Path, nproc: int, *args: str, timeout: int = 300) -> list[dict]:
+def run_pretrain(tmp_path: Path, nproc: int, *args: str, timeout: int = 300,
+                 env: dict | None = None) -> list[dict]:
     """``torchrun --nproc-per-node N -m megavid.pretrain ARGS``; returns metrics.jsonl rows."""
     log_dir = tmp_path / "run"
     cmd = [
@@ -45,8 +46,8 @@ def run_pretrain(tmp_path: Path, nproc: int, *args: str, timeout: int = 300) -> 
         "--master-port", str(free_port()), "-m", "megavid.pretrain",
         "--log-dir", str(log_dir), *args,
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env={**subprocess_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]

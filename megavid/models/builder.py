@@ -127,6 +127,6 @@ def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[Vi
             arch=arch, encoder_config=enc_cfg, decoder_config=dec_cfg,
             encoder_spec=enc_spec, decoder_spec=dec_spec, first=first, last=last,
             encoder_final_norm=cfg.model.encoder_final_norm, pad_multiple=pad_multiple,
-            vp_stage=v if vpp > 1 else None,
+            vp_stage=v if vpp > 1 else None, kernel_backend=cfg.model.kernels,
         ))
     return chunks

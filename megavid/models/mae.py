@@ -41,7 +41,7 @@ from megatron.core.transformer.utils import (
 )
 from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 
-from megavid.models.mae_ops import gather_tokens, patchify, scatter_tokens
+import kernels
 from megavid.models.norm import LayerNorm
 from megavid.models.presets import ModelArch
 
@@ -80,6 +80,7 @@ class VideoMAEChunk(MegatronModule):
         encoder_final_norm: bool,
         pad_multiple: int,
         vp_stage: int | None = None,
+        kernel_backend: str = "torch",
     ):
         super().__init__(config=encoder_config)
         num_enc = arch.num_layers
@@ -92,6 +93,7 @@ class VideoMAEChunk(MegatronModule):
         self.first_encoder_layer = min(first, num_enc)
         self.first_decoder_layer = max(first, num_enc) - num_enc
         self.pad_multiple = pad_multiple
+        self.kernel_backend = kernel_backend  # kernels/: Triton or the PyTorch reference
         self.vp_stage = vp_stage  # read by megatron-core's Float16Module
         self.input_tensor = None
         d, dd, n, p = arch.hidden_size, arch.decoder_hidden_size, arch.num_tokens, arch.patch_dim
@@ -195,7 +197,8 @@ class VideoMAEChunk(MegatronModule):
         b, k = ids_keep.shape
         n = self.arch.num_tokens
         if self.pre_process:
-            visible = gather_tokens(patchify(video, self.arch.tubelet), ids_keep)  # (B, K, P)
+            visible = kernels.patchify_gather(video, self.arch.tubelet, ids_keep,
+                                              backend=self.kernel_backend)  # (B, K, P)
             x = self.patch_embed(visible) + self.pos_embed[ids_keep]  # (B, K, D)
             hidden = self._to_stack(x)  # [K_pad(/tp), B, D]
         else:
@@ -206,7 +209,9 @@ class VideoMAEChunk(MegatronModule):
             if self.encoder_norm is not None:
                 hidden = self.encoder_norm(hidden)
             x = self.decoder_embed(self._from_stack(hidden, k))  # (B, K, Dd)
-            x = scatter_tokens(x, ids_keep, self.mask_token, n) + self.decoder_pos_embed  # (B, N, Dd)
+            x = kernels.scatter_tokens(x, ids_keep, self.mask_token, n,
+                                       backend=self.kernel_backend)  # (B, N, Dd)
+            x = x + self.decoder_pos_embed
             hidden = self._to_stack(x)  # [N_pad(/tp), B, Dd]
         if self.decoder is not None:
             hidden = self.decoder(hidden, attention_mask=self._pad_mask(n, b, hidden.device))

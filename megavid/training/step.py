@@ -7,14 +7,15 @@ from functools import partial
 import torch
 from megatron.core.utils import get_attr_wrapped_model
 
+import kernels
 from megavid.config import RunConfig
-from megavid.models.mae_ops import mae_loss, patchify
+from megavid.models.mae_ops import patchify
 from megavid.models.masking import make_masks
 
 
-def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, poison: bool,
-               pred: torch.Tensor):
-    loss = mae_loss(pred, patches, mask, norm_pix=norm_pix)
+def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, backend: str,
+               poison: bool, pred: torch.Tensor):
+    loss = kernels.fused_mae_loss(pred, patches, mask, norm_pix, backend=backend)
     if poison:  # fault injection (train.inject_nan_steps)
         loss = loss * float("nan")
     # a copy: the schedule divides the returned loss in place by the micro-batch count
@@ -45,6 +46,6 @@ def make_forward_step(cfg: RunConfig, inject_nan=lambda: False):
             return output, None
         patches = patchify(video, arch.tubelet)  # (B, N, P) targets
         return output, partial(_loss_func, patches, mask.cuda(non_blocking=True), norm_pix,
-                               inject_nan())
+                               cfg.model.kernels, inject_nan())
 
     return forward_step
