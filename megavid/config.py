@@ -58,7 +58,8 @@ class ParallelConfig:
     sequence_parallel: bool = False  # shard LayerNorm/dropout activations along tokens (needs tp>1)
     use_distributed_optimizer: bool = False  # ZeRO-1 style sharding of optimizer state over DP
     overlap_grad_reduce: bool = False
-    distributed_timeout_minutes: int = 10
+    # a collective not completed within this many minutes fails, naming the unresponsive ranks
+    distributed_timeout_minutes: float = 10.0
 
 
 @dataclass

@@ -6,6 +6,7 @@ With no arguments it runs the CPU demo: a tiny model on synthetic clips.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from megavid.parallel import runtime
     from megavid.config import ConfigError
     from megavid.training.checkpoint_dirs import CheckpointError
-    from megavid.training.trainer import Trainer, TrainingStopped
+    from megavid.training.trainer import CollectiveFailed, Trainer, TrainingStopped
 
     try:
         trainer = Trainer(cfg)
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as err:
         print(f"megavid: stopped: {err}", file=sys.stderr)
         return 1
+    except CollectiveFailed as err:
+        # the process group is unusable: leave without the collective clean-up that would hang
+        print(f"megavid: error: {err}", file=sys.stderr, flush=True)
+        os._exit(3)
     finally:
         trainer.close()
         runtime.shutdown()

@@ -64,7 +64,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_distributed(timeout_minutes: int = 10) -> DistEnv:
+_watchdog_group = None  # a gloo group kept for naming unresponsive ranks after a timeout
+
+
+def init_distributed(timeout_minutes: float = 10) -> DistEnv:
     """Start the default process group (idempotent) and the CPU bridge if needed."""
     on_cpu = cpu_compat.install()
     env = read_dist_env()
@@ -73,18 +76,33 @@ def init_distributed(timeout_minutes: int = 10) -> DistEnv:
     if not on_cpu:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     backend = "gloo" if on_cpu else "nccl"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     dist.init_process_group(
         backend=backend,
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
         rank=env.rank,
         world_size=env.world_size,
-        timeout=datetime.timedelta(minutes=timeout_minutes),
+        timeout=timeout,
     )
+    global _watchdog_group
+    _watchdog_group = dist.new_group(backend="gloo", timeout=timeout)
     return env
 
 
+def unresponsive_ranks_report(timeout_s: float = 30.0) -> str:
+    """After a failed collective: which ranks no longer answer (gloo's monitored barrier)."""
+    if _watchdog_group is None:
+        return "no watchdog group"
+    try:
+        dist.monitored_barrier(group=_watchdog_group,
+                               timeout=datetime.timedelta(seconds=timeout_s), wait_all_ranks=True)
+    except RuntimeError as err:
+        return str(err).strip().splitlines()[0]
+    return "every rank still answers"
+
+
 def init_model_parallel(
-    *, tp: int, pp: int, vpp: int | None, timeout_minutes: int = 10
+    *, tp: int, pp: int, vpp: int | None, timeout_minutes: float = 10
 ) -> None:
     """megatron-core's groups: TP innermost, then DP, PP outermost (its default order)."""
     from megatron.core import parallel_state
@@ -119,6 +137,8 @@ def set_seed(seed: int) -> None:
 def shutdown() -> None:
     from megatron.core import parallel_state
 
+    global _watchdog_group
+    _watchdog_group = None
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import signal
 import time
 from functools import partial
@@ -33,6 +34,26 @@ from megavid.training.step import make_forward_step
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. too many non-finite steps); the last checkpoint is intact."""
+
+
+class CollectiveFailed(RuntimeError):
+    """A collective timed out or lost a peer; the message names the ranks that stopped answering."""
+
+
+def _is_collective_failure(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, dist.DistError) or any(
+        word in text for word in ("gloo", "NCCL", "Connection closed by peer", "Timed out"))
+
+
+def _maybe_inject_hang(step: int) -> None:
+    """Fault injection for tests: MEGAVID_FAULT_INJECT=hang:<rank>:<step> stops that rank."""
+    fault = os.environ.get("MEGAVID_FAULT_INJECT", "")
+    if fault.startswith("hang:"):
+        _, rank, at = fault.split(":")
+        if dist.get_rank() == int(rank) and step == int(at):
+            while True:
+                time.sleep(3600)
 
 
 class Trainer:
@@ -213,10 +234,26 @@ class Trainer:
                   "config": self.cfg.to_dict()}
         self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, common)
 
+    def _guarded_step(self) -> dict:
+        """``train_step``, turning a failed collective into an error that names the ranks."""
+        _maybe_inject_hang(self.step + 1)
+        try:
+            return self.train_step()
+        except Exception as err:
+            if not _is_collective_failure(err):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            minutes = self.cfg.parallel.distributed_timeout_minutes
+            raise CollectiveFailed(
+                f"rank {dist.get_rank()}, step {self.step + 1}: a collective failed ({first}); "
+                f"{runtime.unresponsive_ranks_report(timeout_s=min(60.0, 60 * minutes))}. Timeout is "
+                f"parallel.distributed_timeout_minutes={minutes}"
+            ) from err
+
     def train(self) -> list[dict]:
         history = []
         while self.step < self.cfg.train.train_iters:
-            metrics = self.train_step()
+            metrics = self._guarded_step()
             history.append(metrics)
             self.progress.log_step(metrics)
             self._watch_loss(metrics)

@@ -73,7 +73,6 @@ def latest(save: Path) -> str | None:
 def test_exact_resume_after_sigkill_including_data_order(tmp_path):
     """12 steps uninterrupted == killed (SIGKILL) after a checkpoint and resumed, bit for bit."""
     video = ("--set", f"data.cache_dir={tmp_path / 'clips'}", "--train-iters", "12")
-    full = metrics_of = None
     proc = run(tmp_path / "full", *TINY, *video)
     assert proc.returncode == 0, proc.stderr[-3000:]
     full = metrics(tmp_path / "full")
@@ -130,6 +129,16 @@ def test_save_killed_before_commit_resumes_from_previous(tmp_path):
     resumed = metrics(tmp_path / "b")
     assert [m["loss"] for m in resumed] == [m["loss"] for m in full[2:]]
     assert latest(save) == "iter_0000006" and not list(save.glob("*.partial"))
+
+
+def test_async_save_commits_and_resumes_exactly(tmp_path):
+    save = tmp_path / "save"
+    full = run_pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "6", "--save",
+                        str(save), "--save-interval", "2", "--async-save")
+    assert latest(save) == "iter_0000006" and (save / "iter_0000002").is_dir()
+    resumed = run_pretrain(tmp_path / "b", 1, *TINY, *MOCK, "--train-iters", "6",
+                           "--load", str(save / "iter_0000002"))
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in full[2:]]
 
 
 def test_sigterm_on_one_rank_stops_all_ranks_cleanly(tmp_path):
