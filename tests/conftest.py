@@ -14,6 +14,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+if not torch.cuda.is_available():
+    # Triton reads this when first imported (megatron.core imports it): set it before any
+    # test module imports megatron, so the kernel tests can run in the CPU interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
