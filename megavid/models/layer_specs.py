@@ -50,30 +50,9 @@ def get_layer_spec(backend: str, *, padding_mask: bool) -> ModuleSpec:
 
 
 def _local_spec(mask_type: AttnMaskType) -> ModuleSpec:
-    return ModuleSpec(
-        module=TransformerLayer,
-        submodules=TransformerLayerSubmodules(
-            input_layernorm=LayerNorm,
-            self_attention=ModuleSpec(
-                module=SelfAttention,
-                params={"attn_mask_type": mask_type},
-                submodules=SelfAttentionSubmodules(
-                    linear_qkv=ColumnParallelLinear,
-                    core_attention=SDPACoreAttention,
-                    linear_proj=RowParallelLinear,
-                ),
-            ),
-            self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=LayerNorm,
-            mlp=ModuleSpec(
-                module=MLP,
-                submodules=MLPSubmodules(
-                    linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear
-                ),
-            ),
-            mlp_bda=get_bias_dropout_add,
-        ),
-    )
+    return _layer_spec(mask_type, norm=LayerNorm, qkv=ColumnParallelLinear,
+                       core_attention=SDPACoreAttention, proj=RowParallelLinear,
+                       fc1=ColumnParallelLinear, fc2=RowParallelLinear)
 
 
 def _te_spec(mask_type: AttnMaskType) -> ModuleSpec:
@@ -84,27 +63,27 @@ def _te_spec(mask_type: AttnMaskType) -> ModuleSpec:
         TERowParallelLinear,
     )
 
+    return _layer_spec(mask_type, norm=IdentityOp, qkv=TELayerNormColumnParallelLinear,
+                       core_attention=TEDotProductAttention, proj=TERowParallelLinear,
+                       fc1=TELayerNormColumnParallelLinear, fc2=TERowParallelLinear)
+
+
+def _layer_spec(mask_type: AttnMaskType, *, norm, qkv, core_attention, proj, fc1,
+                fc2) -> ModuleSpec:
+    """The one pre-LN block tree; the backends differ only in the classes plugged in."""
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
-            input_layernorm=IdentityOp,
+            input_layernorm=norm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
                 params={"attn_mask_type": mask_type},
                 submodules=SelfAttentionSubmodules(
-                    linear_qkv=TELayerNormColumnParallelLinear,
-                    core_attention=TEDotProductAttention,
-                    linear_proj=TERowParallelLinear,
-                ),
+                    linear_qkv=qkv, core_attention=core_attention, linear_proj=proj),
             ),
             self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=IdentityOp,
-            mlp=ModuleSpec(
-                module=MLP,
-                submodules=MLPSubmodules(
-                    linear_fc1=TELayerNormColumnParallelLinear, linear_fc2=TERowParallelLinear
-                ),
-            ),
+            pre_mlp_layernorm=norm,
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2)),
             mlp_bda=get_bias_dropout_add,
         ),
     )
