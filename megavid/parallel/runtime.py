@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import os
 import random
-import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,41 +48,29 @@ def read_dist_env(environ=os.environ) -> DistEnv:
     else:
         rank, world, local, source = 0, 1, 0, "single"
     addr = environ.get("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" in environ:
-        port = int(environ["MASTER_PORT"])
-    elif source == "single":
-        port = _free_port()  # lone runs never collide with each other
-    else:
-        port = 29500
+    port = int(environ.get("MASTER_PORT", "29500"))
     return DistEnv(rank, world, local, addr, port, source)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _watchdog_group = None  # a gloo group kept for naming unresponsive ranks after a timeout
 
 
-def init_distributed(timeout_minutes: float = 10) -> DistEnv:
+def init_distributed(timeout_minutes: float = 10, env: DistEnv | None = None) -> DistEnv:
     """Start the default process group (idempotent) and the CPU bridge if needed."""
     on_cpu = cpu_compat.install()
-    env = read_dist_env()
+    env = env or read_dist_env()
     if dist.is_initialized():
         return env
     if not on_cpu:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     backend = "gloo" if on_cpu else "nccl"
     timeout = datetime.timedelta(minutes=timeout_minutes)
-    dist.init_process_group(
-        backend=backend,
-        init_method=f"tcp://{env.master_addr}:{env.master_port}",
-        rank=env.rank,
-        world_size=env.world_size,
-        timeout=timeout,
-    )
+    if env.source == "single":  # a lone process needs no port: lone runs never collide
+        rendezvous = {"store": dist.HashStore()}
+    else:
+        rendezvous = {"init_method": f"tcp://{env.master_addr}:{env.master_port}"}
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                            timeout=timeout, **rendezvous)
     global _watchdog_group
     _watchdog_group = dist.new_group(backend="gloo", timeout=timeout)
     return env

@@ -58,10 +58,11 @@ def _maybe_inject_hang(step: int) -> None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig):
-        # Processes and groups: layout is checked before any group exists.
-        env = runtime.init_distributed(cfg.parallel.distributed_timeout_minutes)
+        # Processes and groups: the layout is checked before any group exists.
+        env = runtime.read_dist_env()
         self.cfg = cfg
         self.layout = layout = resolve_layout(cfg, env.world_size)
+        runtime.init_distributed(cfg.parallel.distributed_timeout_minutes, env)
         runtime.init_model_parallel(tp=layout.tp, pp=layout.pp, vpp=layout.vpp,
                                     timeout_minutes=cfg.parallel.distributed_timeout_minutes)
         runtime.set_seed(cfg.train.seed)
