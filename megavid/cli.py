@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m megavid.pretrain",
         description="Pretrain a 4DS video MAE. With no arguments: the CPU demo.",
+        allow_abbrev=False,  # --train-iter must not silently mean --train-iters
     )
     parser.add_argument("--config", help="YAML run config (examples/*.yaml); default: the CPU demo")
     for flags, dest, typ, text in _FLAGS:

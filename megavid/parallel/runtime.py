@@ -102,6 +102,43 @@ def init_model_parallel(
         virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
         distributed_timeout_minutes=timeout_minutes,
     )
+    if os.environ.get("MEGAVID_RANK_LAYOUT_DIR"):
+        write_rank_layout(os.environ["MEGAVID_RANK_LAYOUT_DIR"])
+
+
+# what srun and torchrun tell a process about its node and job (GROUP_RANK: torchrun's node rank)
+_LAUNCHER_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_JOB_ID", "GROUP_RANK",
+                  "GROUP_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
+
+
+def write_rank_layout(directory: str) -> dict:
+    """Record where this rank landed (node, local rank, TP/PP/DP groups) as rank<N>.json.
+
+    Set MEGAVID_RANK_LAYOUT_DIR to check a cluster launch: TP groups should stay
+    inside a node and local ranks should match the GPUs (tests/launch rehearses it).
+    """
+    import json
+    import socket
+    from pathlib import Path
+
+    from megatron.core import parallel_state as ps
+
+    env = read_dist_env()
+    groups = {
+        "tp": ps.get_tensor_model_parallel_group(), "pp": ps.get_pipeline_model_parallel_group(),
+        "dp": ps.get_data_parallel_group(),
+    }
+    layout = {
+        "rank": dist.get_rank(), "world_size": dist.get_world_size(),
+        "local_rank": env.local_rank, "source": env.source, "host": socket.gethostname(),
+        "master": f"{env.master_addr}:{env.master_port}",
+        "launcher_env": {k: os.environ[k] for k in _LAUNCHER_VARS if k in os.environ},
+        "groups": {name: dist.get_process_group_ranks(g) for name, g in groups.items()},
+    }
+    path = Path(directory) / f"rank{layout['rank']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(layout, indent=1))
+    return layout
 
 
 def set_seed(seed: int) -> None:

@@ -17,7 +17,9 @@ so nobody "fixes" the count to the counter:
   ``4 s^2 h`` attention term of every layer);
 - the counter's backward is 3x forward minus the tubelet embedding's
   input gradient (pixels need none): ``2 K P D`` per clip, < 0.2% of a 4DS
-  model, 16% of the toy ``tiny``. ``mae_train_flops_per_clip`` keeps the
+  model, 16% of the toy ``tiny``; plus flash attention's recomputed score
+  matrix ``Q K^T`` (``2 s^2 h`` per layer): hardware FLOPs, which model
+  FLOPs leave out like any recompute. ``mae_train_flops_per_clip`` keeps the
   PaLM/Megatron 3x convention so MFU is comparable across codebases.
 
 Not counted by either: LayerNorm, softmax, GELU, residual adds, the loss

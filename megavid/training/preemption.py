@@ -53,7 +53,10 @@ def requeue_slurm_job() -> str:
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return "not requeued: SLURM_JOB_ID is not set (not a SLURM job)"
-    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except FileNotFoundError:
+        return f"not requeued: scontrol is not on PATH (job {job}); resubmit by hand"
     if proc.returncode != 0:
         return f"scontrol requeue {job} failed: {proc.stderr.strip()}"
     return f"requeued SLURM job {job}"

@@ -265,8 +265,8 @@ class Trainer:
                 self.progress.info(f"stopping at step {self.step}: {self.stop_request.reason}")
                 self._save()
                 if (self.stop_request.received == signal.SIGUSR1
-                        and self.cfg.checkpoint.requeue_on_preempt):
-                    self.progress.info(requeue_slurm_job())
+                        and self.cfg.checkpoint.requeue_on_preempt and dist.get_rank() == 0):
+                    self.progress.info(requeue_slurm_job())  # once per job, not per rank
                 break
         else:
             self._save()

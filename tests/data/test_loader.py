@@ -115,4 +115,4 @@ def test_demo_clips_are_the_default_source(tmp_path):
                                 dp_size=1, seed=0)
     mb = take(loader, 1)[0]
     assert mb["video"].shape == (2, ARCH.num_frames, ARCH.image_size, ARCH.image_size, 3)
-    assert len(list(tmp_path.glob("demo-clips-v1-*/clip_*.mp4"))) == 3
+    assert len(list(tmp_path.glob("demo-clips-v*-*/clip_*.mp4"))) == 3

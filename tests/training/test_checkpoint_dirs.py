@@ -70,3 +70,6 @@ def test_requeue_calls_scontrol_with_the_job_id(tmp_path, monkeypatch):
     assert log.read_text().strip() == "requeue 4242"
     monkeypatch.delenv("SLURM_JOB_ID")
     assert "not a SLURM job" in requeue_slurm_job()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert "scontrol is not on PATH" in requeue_slurm_job()
