@@ -92,7 +92,7 @@ class DataConfig:
     demo_clips: int = 32  # how many demo clips to synthesise
     cache_dir: str = "~/.cache/megavid"
     mock: bool = False  # random clips made in memory: step timing and parity tests, no decoding
-    decoder: str = "pyav"  # video decoding backend (megavid/data/decode.py); pyav = FFmpeg on CPU
+    decoder: str = "pyav"  # pyav (FFmpeg, CPU) | dali (CPU: VP8/VP9; GPU: NVDEC) | auto: see data/dali.py
 
 
 @dataclass
@@ -197,7 +197,7 @@ _CHOICES = {
     "train.fp8": (None, "hybrid", "e4m3"),
     "train.recompute": (None, "full", "selective"),
     "data.value_range": ("unit", "imagenet"),
-    "data.decoder": ("pyav",),  # a DALI/NVDEC backend will join here
+    "data.decoder": ("auto", "dali", "pyav"),  # auto: DALI-GPU, else DALI-CPU for VP8/9, else PyAV
 }
 
 

@@ -1,4 +1,4 @@
-"""Training data: the global sample stream, video decoding, augmentation, demo clips.
+"""Training data: sources, the global sample stream, video decoding, augmentation, demo clips.
 
 ``build_train_loader`` is what the trainer calls; ``ensure_demo_clips`` makes
 the synthetic clips a run uses when ``data.path`` is unset.
@@ -7,8 +7,9 @@ the synthetic clips a run uses when ``data.path`` is unset.
 from megavid.data.decode import DecodeError, PyAVDecoder, VideoDecoder, VideoInfo, build_decoder
 from megavid.data.demo_clips import ensure_demo_clips
 from megavid.data.loader import VideoLoader, build_train_loader
+from megavid.data.sources import Clip, list_clips
 
 __all__ = [
-    "DecodeError", "PyAVDecoder", "VideoDecoder", "VideoInfo", "VideoLoader",
-    "build_decoder", "build_train_loader", "ensure_demo_clips",
+    "Clip", "DecodeError", "PyAVDecoder", "VideoDecoder", "VideoInfo", "VideoLoader",
+    "build_decoder", "build_train_loader", "ensure_demo_clips", "list_clips",
 ]

@@ -9,45 +9,24 @@ sample so the loader's counters (in the main process) see skips made in workers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from megavid.config import ConfigError
-from megavid.data.decode import DecodeError, VideoDecoder
+from megavid.data.decode import DecodeError, VideoDecoder, VideoInfo
+from megavid.data.media import Media
 from megavid.data.sampling import EpochPermutation
+from megavid.data.sources import Clip
 from megavid.data.transforms import (CropPlan, FramePlan, crop_resize, plan_crop, plan_frames,
                                      sample_rng)
-
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
-
-
-def list_videos(folder: str | Path) -> list[Path]:
-    """Every video under ``folder`` (recursive), sorted by relative path for determinism."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise ConfigError(
-            f"data.path (--data): {root} is not a directory; point --data at a folder of "
-            "videos, or leave it unset to train on the demo clips"
-        )
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS
-                   and p.is_file())
-    if not files:
-        raise ConfigError(
-            f"data.path (--data): no videos ({', '.join(VIDEO_EXTENSIONS)}) found under {root} "
-            "(searched recursively); point --data at a folder of videos, or leave it unset "
-            "to train on the demo clips"
-        )
-    return files
-
 
 @dataclass(frozen=True)
 class SamplePlan:
     """Everything random about one sample: which file, frames and crop."""
 
     file_id: int
-    path: Path
+    path: Media
     frames: FramePlan
     crop: CropPlan
 
@@ -55,11 +34,13 @@ class SamplePlan:
 class VideoClipDataset(torch.utils.data.Dataset):
     """Map-style dataset over global positions: ``ds[p]`` -> {"video", "index", "events"}."""
 
-    def __init__(self, files: list[Path], *, decoder: VideoDecoder, num_frames: int,
+    def __init__(self, files: list[Clip | Path], *, decoder: VideoDecoder, num_frames: int,
                  image_size: int, frame_stride: int, value_range: str, seed: int):
         if not files:
             raise ValueError("VideoClipDataset needs at least one file")
-        self.files, self.decoder, self.seed = list(files), decoder, seed
+        self.clips = [f if isinstance(f, Clip) else Clip(Path(f)) for f in files]
+        self.files = [c.media for c in self.clips]
+        self.decoder, self.seed = decoder, seed
         self.num_frames, self.image_size = num_frames, image_size
         self.frame_stride, self.value_range = frame_stride, value_range
         self.order = EpochPermutation(len(self.files), seed)
@@ -77,11 +58,14 @@ class VideoClipDataset(torch.utils.data.Dataset):
         rng = sample_rng(self.seed, position, attempt)
         try:
             info = self.decoder.probe(path)
-        except DecodeError:
-            raise self._skip(file_id, "skipped_corrupt") from None
-        frames = plan_frames(rng, info.num_frames, self.num_frames, self.frame_stride)
+        except DecodeError as err:
+            raise self._skip(file_id, err.reason) from None
+        first, stop = clip_window(self.clips[file_id], info)
+        frames = plan_frames(rng, stop - first, self.num_frames, self.frame_stride)
         if frames is None:
             raise self._skip(file_id, "skipped_too_short")
+        if first:
+            frames = replace(frames, indices=frames.indices + first)
         return SamplePlan(file_id, path, frames, plan_crop(rng, info.height, info.width))
 
     def __getitem__(self, position: int) -> dict:
@@ -92,8 +76,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 plan = self.plan(position, attempt)
                 try:
                     pixels = self.decoder.decode(plan.path, plan.frames.indices)  # (T, H, W, 3)
-                except DecodeError:
-                    raise self._skip(plan.file_id, "skipped_corrupt") from None
+                except DecodeError as err:
+                    raise self._skip(plan.file_id, err.reason) from None
             except SkipFile as skip:
                 events.append((skip.reason, str(skip.path)))
                 continue
@@ -112,6 +96,14 @@ class VideoClipDataset(torch.utils.data.Dataset):
         """Remember a bad file (decoding it again would fail again) and say why."""
         self._bad[file_id] = reason
         return SkipFile(reason, self.files[file_id])
+
+
+def clip_window(clip: Clip, info: VideoInfo) -> tuple[int, int]:
+    """Frame range [first, stop) inside the clip's start/end times (the whole file if unset)."""
+    fps = info.fps or 1.0
+    first = 0 if clip.start is None else min(info.num_frames, round(clip.start * fps))
+    stop = info.num_frames if clip.end is None else min(info.num_frames, round(clip.end * fps))
+    return first, max(first, stop)
 
 
 class SkipFile(Exception):

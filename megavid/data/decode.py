@@ -22,9 +22,27 @@ from typing import Protocol, Sequence
 import av
 import numpy as np
 
+from megavid.data.media import media_size, open_media
+
 
 class DecodeError(RuntimeError):
     """The file cannot be read or does not hold the frames its index promised."""
+
+    reason = "skipped_corrupt"  # the loader's counter for files failing this way
+
+
+class EmptyFile(DecodeError):
+    reason = "skipped_empty"
+
+
+class NoVideoStream(DecodeError):
+    reason = "skipped_no_video"
+
+
+class UnsupportedCodec(DecodeError):
+    """The chosen backend cannot decode this codec (e.g. DALI's CPU decoder and H.264)."""
+
+    reason = "skipped_unsupported_codec"
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,8 @@ class VideoInfo:
     num_frames: int
     height: int
     width: int
+    fps: float = 0.0  # average frame rate: maps manifest start/end times to frame numbers
+    codec: str = ""  # FFmpeg codec name (h264, hevc, vp9, ...): lets a backend refuse early
 
 
 class VideoDecoder(Protocol):
@@ -48,6 +68,8 @@ class _FrameIndex:
     key_pts: np.ndarray  # (K,) int64 timestamps of keyframes, sorted
     height: int
     width: int
+    fps: float
+    codec: str
 
 
 # FFmpeg reports broken files through several exception types.
@@ -64,7 +86,7 @@ class PyAVDecoder:
 
     def probe(self, path: Path) -> VideoInfo:
         index = self._index(path)
-        return VideoInfo(len(index.pts), index.height, index.width)
+        return VideoInfo(len(index.pts), index.height, index.width, index.fps, index.codec)
 
     def decode(self, path: Path, frame_indices: Sequence[int]) -> np.ndarray:
         index = self._index(path)
@@ -92,7 +114,7 @@ class PyAVDecoder:
         wanted, last = set(targets.tolist()), int(targets[-1])
         frames: dict[int, np.ndarray] = {}
         try:
-            with av.open(str(path)) as container:
+            with av.open(open_media(path)) as container:
                 stream = container.streams.video[0]
                 if seek_pts is not None:
                     container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
@@ -122,12 +144,16 @@ class PyAVDecoder:
 def _read_index(path: Path) -> _FrameIndex:
     """Timestamps of every frame and keyframe, from the packets alone (no decoding)."""
     pts, key_pts = [], []
+    if media_size(path) == 0:
+        raise EmptyFile(f"{path}: empty file (0 bytes)")
     try:
-        with av.open(str(path)) as container:
+        with av.open(open_media(path)) as container:
             if not container.streams.video:
-                raise DecodeError(f"{path}: no video stream")
+                raise NoVideoStream(f"{path}: no video stream")
             stream = container.streams.video[0]
             height, width = stream.codec_context.height, stream.codec_context.width
+            rate = stream.average_rate or stream.guessed_rate or 0
+            codec, stream_frames = stream.codec_context.name, stream.frames
             for packet in container.demux(stream):
                 stamp = packet.pts if packet.pts is not None else packet.dts
                 if packet.size == 0 or stamp is None:  # flush packets carry no frame
@@ -139,18 +165,26 @@ def _read_index(path: Path) -> _FrameIndex:
         raise
     except _READ_ERRORS as err:
         raise DecodeError(f"{path}: {type(err).__name__}: {err}") from None
+    if stream_frames and len(pts) < stream_frames:  # the header promised more than the file holds
+        raise DecodeError(f"{path}: truncated: {len(pts)} of {stream_frames} frames present")
     if height <= 0 or width <= 0:
         raise DecodeError(f"{path}: video stream reports size {width}x{height}")
     return _FrameIndex(np.sort(np.asarray(pts, dtype=np.int64)),
-                       np.sort(np.asarray(key_pts, dtype=np.int64)), height, width)
+                       np.sort(np.asarray(key_pts, dtype=np.int64)), height, width,
+                       float(rate), codec)
 
 
-DECODERS = {"pyav": PyAVDecoder}
+DECODERS = ("auto", "dali", "pyav")  # the values of data.decoder
 
 
 def build_decoder(name: str) -> VideoDecoder:
-    """The decoder backend named by ``data.decoder``."""
+    """The decoder backend named by ``data.decoder`` (``auto``: see ``dali.pick_backend``)."""
+    from megavid.data import dali  # DALI itself is imported lazily there
+
     if name not in DECODERS:
-        raise ValueError(f"data.decoder: unknown backend {name!r}; "
-                         f"choose one of {sorted(DECODERS)}")
-    return DECODERS[name]()
+        raise ValueError(f"data.decoder: unknown backend {name!r}; choose one of {DECODERS}")
+    if name == "pyav":
+        return PyAVDecoder()
+    if name == "dali":
+        return dali.DALIDecoder(device=dali.require_dali())
+    return dali.AutoDecoder()

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from megavid.config import ConfigError, DataConfig
-from megavid.data.dataset import VideoClipDataset, collate_samples, list_videos
+from megavid.data.dataset import VideoClipDataset, collate_samples
+from megavid.data.sources import list_clips
 from megavid.data.decode import DECODERS, build_decoder
 from megavid.data.demo_clips import ensure_demo_clips
 from megavid.data.mock import MockLoader
@@ -25,7 +26,10 @@ from megavid.models.presets import ModelArch
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 0  # the demo clips are a fixed dataset: the same whatever --seed a run uses
-STAT_KEYS = ("clips", "skipped_corrupt", "skipped_too_short", "stride_lowered", "padded_short")
+SKIP_REASONS = ("skipped_corrupt", "skipped_empty", "skipped_no_video", "skipped_too_short",
+                "skipped_unsupported_codec")
+# skipped_*: distinct files skipped for that reason; the rest count samples.
+STAT_KEYS = ("clips", *SKIP_REASONS, "replaced", "stride_lowered", "padded_short")
 
 
 class VideoLoader:
@@ -70,11 +74,15 @@ class VideoLoader:
             yield batch
 
     def _count(self, events: list[tuple[str, str]]) -> None:
-        """Add workers' events to ``stats``; warn once per skipped file."""
+        """Add workers' events to ``stats``; count and warn once per skipped file."""
         for reason, path in events:
-            self.stats[reason] = self.stats.get(reason, 0) + 1
-            if reason.startswith("skipped") and path not in self._warned:
+            if not reason.startswith("skipped"):
+                self.stats[reason] = self.stats.get(reason, 0) + 1
+                continue
+            self.stats["replaced"] += 1  # a sample that moved on to the next file
+            if path not in self._warned:  # skipped_*: count files, not the samples they cost
                 self._warned.add(path)
+                self.stats[reason] = self.stats.get(reason, 0) + 1
                 log.warning("data: %s %s; its samples are replaced by the next video", reason, path)
 
 
@@ -99,7 +107,7 @@ def _check_config(cfg: DataConfig) -> None:
     if cfg.path is None and cfg.demo_clips < 1:
         raise ConfigError(f"data.demo_clips: {cfg.demo_clips} must be >= 1 (or set --data)")
     if cfg.decoder not in DECODERS:
-        raise ConfigError(f"data.decoder: {cfg.decoder!r} is not one of {sorted(DECODERS)}")
+        raise ConfigError(f"data.decoder: {cfg.decoder!r} is not one of {DECODERS}")
 
 
 def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: int,
@@ -115,7 +123,7 @@ def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: i
         return MockLoader(arch, **layout)
     _check_config(cfg)
     if cfg.path is not None:
-        files = list_videos(cfg.path)
+        files = list_clips(cfg.path)
     else:
         files = ensure_demo_clips(Path(cfg.cache_dir).expanduser(), cfg.demo_clips,
                                   seed=DEMO_SEED, **demo_clip_shape(arch, cfg.frame_stride))

@@ -1,0 +1,128 @@
+"""NVIDIA DALI decoding behind the ``VideoDecoder`` interface, on CPU or GPU.
+
+DALI's ``fn.decoders.video`` decodes an encoded file held in memory and takes
+the frame numbers to return (any order, repeats allowed), which is exactly the
+``decode(path, frame_indices)`` contract. The same one-sample pipeline runs with
+``device="cpu"`` (FFmpeg's software decoders inside DALI: VP8/VP9 in the
+``nvidia-dali-cuda120`` wheel, no H.264/HEVC) or ``device="mixed"`` (NVDEC on
+the GPU: H.264/HEVC/VP9/AV1). Frame counts come from PyAV's packet index, so a
+sample's plan is the same whichever backend decodes it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from megavid.config import ConfigError
+from megavid.data.decode import DecodeError, PyAVDecoder, UnsupportedCodec, VideoInfo
+from megavid.data.media import Media, read_media
+
+log = logging.getLogger(__name__)
+
+CPU_CODECS = ("vp8", "vp9")  # what DALI's CPU video decoder handles in the pip wheel
+INSTALL_HINT = "pip install nvidia-dali-cuda120"
+
+
+def dali_available() -> bool:
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def require_dali() -> str:
+    """The DALI device to use ("mixed" with CUDA, else "cpu"); a clear error without DALI."""
+    if not dali_available():
+        raise ConfigError(f"data.decoder: 'dali' needs NVIDIA DALI, which is not installed; "
+                          f"run `{INSTALL_HINT}`, or set data.decoder to 'auto' or 'pyav'")
+    return "mixed" if cuda_available() else "cpu"
+
+
+class DALIDecoder:
+    """Decodes chosen frames with a batch-of-one DALI pipeline, built lazily per process."""
+
+    def __init__(self, device: str = "cpu"):
+        if device not in ("cpu", "mixed"):
+            raise ValueError(f"DALIDecoder device must be 'cpu' or 'mixed', not {device!r}")
+        self.device = device
+        self._probe = PyAVDecoder()  # frame counts, sizes and codec from the packets
+        self._pipe = None  # built on first decode: DataLoader workers must not inherit it
+
+    def supports(self, codec: str) -> bool:
+        return self.device == "mixed" or codec in CPU_CODECS
+
+    def probe(self, path: Media) -> VideoInfo:
+        info = self._probe.probe(path)
+        if not self.supports(info.codec):
+            raise UnsupportedCodec(f"{path}: codec {info.codec!r} is not decoded by DALI on "
+                                   f"{self.device} (CPU handles {CPU_CODECS}); transcode with "
+                                   "`python -m megavid.data.prepare --codec vp9` or use "
+                                   "data.decoder=pyav")
+        return info
+
+    def decode(self, path: Media, frame_indices: Sequence[int]) -> np.ndarray:
+        """(T, H, W, 3) uint8 RGB, frames in presentation order as PyAV counts them."""
+        info = self.probe(path)
+        wanted = np.asarray(frame_indices, dtype=np.int32)  # (T,)
+        if wanted.size == 0 or wanted.min() < 0 or wanted.max() >= info.num_frames:
+            raise IndexError(f"{path}: frame indices {wanted.tolist()} outside "
+                             f"[0, {info.num_frames})")
+        encoded = np.frombuffer(read_media(path), dtype=np.uint8)  # (bytes,)
+        pipe = self._pipe or self._build()
+        pipe.feed_input("encoded", [encoded])
+        pipe.feed_input("frames", [wanted])
+        try:
+            (video,) = pipe.run()
+        except (RuntimeError, IndexError, ValueError) as err:
+            self._pipe = None  # a failed DALI pipeline cannot run again
+            raise DecodeError(f"{path}: DALI: {str(err).strip().splitlines()[0]}") from None
+        if self.device == "mixed":
+            video = video.as_cpu()
+        return np.asarray(video[0])  # (T, H, W, 3)
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        # Synchronous and unprefetched: one sample in, its frames out, per call.
+        @pipeline_def(batch_size=1, num_threads=1, prefetch_queue_depth=1, exec_async=False,
+                      exec_pipelined=False, device_id=0 if self.device == "mixed" else None)
+        def pipeline():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+            return fn.decoders.video(encoded, device=self.device, frames=frames)
+
+        self._pipe = pipeline()
+        self._pipe.build()
+        return self._pipe
+
+
+class AutoDecoder:
+    """``data.decoder: auto``: DALI on GPU with CUDA; else DALI-CPU for VP8/VP9; else PyAV."""
+
+    def __init__(self):
+        self.pyav = PyAVDecoder()
+        self.dali = None
+        if dali_available():
+            self.dali = DALIDecoder(device="mixed" if cuda_available() else "cpu")
+        chosen = ("DALI on GPU (mixed)" if self.dali and self.dali.device == "mixed" else
+                  "DALI on CPU for VP8/VP9 files, PyAV for the rest" if self.dali else
+                  f"PyAV (DALI not installed: `{INSTALL_HINT}` for DALI decoding)")
+        log.info("data.decoder=auto: decoding with %s", chosen)
+
+    def _backend(self, path: Media):
+        info = self.pyav.probe(path)
+        use_dali = self.dali is not None and self.dali.supports(info.codec)
+        return info, (self.dali if use_dali else self.pyav)
+
+    def probe(self, path: Media) -> VideoInfo:
+        return self._backend(path)[0]
+
+    def decode(self, path: Media, frame_indices: Sequence[int]) -> np.ndarray:
+        return self._backend(path)[1].decode(path, frame_indices)
