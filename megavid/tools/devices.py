@@ -11,19 +11,45 @@ import time
 
 import torch
 
-# TFLOP/s dense, by precision; HBM bandwidth in GB/s.
+# TFLOP/s dense, by precision; HBM bandwidth in GB/s. For the planner (megavid.plan):
+# memory_gb (HBM), nvlink_gbs (NVLink bandwidth per GPU per direction, GB/s),
+# ib_gbs (scale-out per GPU per direction: one NIC per GPU, GB/s), gpus_per_node
+# (the NVLink domain of an HGX board).
 GPU_PEAKS = {
-    # H100 SXM5 datasheet: 989 TF BF16, 1979 TF FP8, 3.35 TB/s.
-    "H100 SXM": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0, "hbm_gbs": 3350.0},
-    # H100 PCIe: 756 TF BF16, 1513 TF FP8, 2.0 TB/s.
-    "H100 PCIe": {"bf16": 756.0, "fp8": 1513.0, "fp32": 378.0, "hbm_gbs": 2000.0},
-    # H200 SXM: same tensor cores as H100 SXM, 4.8 TB/s HBM3e.
-    "H200": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0, "hbm_gbs": 4800.0},
-    # A100 SXM 80GB: 312 TF BF16, 156 TF TF32, 2.0 TB/s; no FP8.
-    "A100": {"bf16": 312.0, "fp8": None, "fp32": 156.0, "hbm_gbs": 2039.0},
-    # B200 (HGX): 2250 TF BF16, 4500 TF FP8 dense, 8 TB/s.
-    "B200": {"bf16": 2250.0, "fp8": 4500.0, "fp32": 1100.0, "hbm_gbs": 8000.0},
+    # H100 SXM5 datasheet: 989 TF BF16, 1979 TF FP8, 3.35 TB/s; 80 GB; NVLink4 900 GB/s
+    # total (450 per direction); DGX H100: 8 x ConnectX-7 400 Gb/s NDR = 50 GB/s per GPU.
+    "H100 SXM": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0, "hbm_gbs": 3350.0,
+                 "memory_gb": 80.0, "nvlink_gbs": 450.0, "ib_gbs": 50.0, "gpus_per_node": 8},
+    # H100 PCIe: 756 TF BF16, 1513 TF FP8, 2.0 TB/s; 80 GB; NVLink bridge 600 GB/s total
+    # between pairs only, so the planner treats PCIe Gen5 (64 GB/s) as the node fabric.
+    "H100 PCIe": {"bf16": 756.0, "fp8": 1513.0, "fp32": 378.0, "hbm_gbs": 2000.0,
+                  "memory_gb": 80.0, "nvlink_gbs": 64.0, "ib_gbs": 50.0, "gpus_per_node": 8},
+    # H200 SXM: same tensor cores as H100 SXM, 4.8 TB/s HBM3e, 141 GB.
+    "H200": {"bf16": 989.0, "fp8": 1979.0, "fp32": 494.0, "hbm_gbs": 4800.0,
+             "memory_gb": 141.0, "nvlink_gbs": 450.0, "ib_gbs": 50.0, "gpus_per_node": 8},
+    # A100 SXM 80GB: 312 TF BF16, 156 TF TF32, 2.0 TB/s; no FP8; NVLink3 600 GB/s total;
+    # DGX A100: 8 x 200 Gb/s HDR = 25 GB/s per GPU.
+    "A100": {"bf16": 312.0, "fp8": None, "fp32": 156.0, "hbm_gbs": 2039.0,
+             "memory_gb": 80.0, "nvlink_gbs": 300.0, "ib_gbs": 25.0, "gpus_per_node": 8},
+    # B200 (HGX): 2250 TF BF16, 4500 TF FP8 dense, 8 TB/s; 180 GB; NVLink5 1.8 TB/s total.
+    "B200": {"bf16": 2250.0, "fp8": 4500.0, "fp32": 1100.0, "hbm_gbs": 8000.0,
+             "memory_gb": 180.0, "nvlink_gbs": 900.0, "ib_gbs": 50.0, "gpus_per_node": 8},
 }
+
+# Command-line names (``--gpu``) of the rows above.
+GPU_ALIASES = {
+    "h100-80gb": "H100 SXM", "h100": "H100 SXM", "h100-sxm": "H100 SXM",
+    "h100-pcie": "H100 PCIe", "h200": "H200", "h200-141gb": "H200",
+    "a100-80gb": "A100", "a100": "A100", "b200": "B200",
+}
+
+
+def gpu_spec(name: str) -> dict:
+    """The GPU_PEAKS row for a command-line alias or a row name."""
+    key = GPU_ALIASES.get(name.lower(), name)
+    if key not in GPU_PEAKS:
+        raise ValueError(f"unknown GPU {name!r}; choose one of {', '.join(GPU_ALIASES)}")
+    return {"name": key, **GPU_PEAKS[key]}
 
 
 def _match_gpu(name: str) -> str | None:

@@ -1,0 +1,132 @@
+"""``python -m megavid.plan --preset 4ds-j --gpus 256 --gpu h100-80gb``: rank fitting layouts."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from megavid.config import load_config
+from megavid.plan import GB, HEADROOM, PlanRow, candidate_from_config, plan
+from megavid.plan.model import COMM_EFFICIENCY, MATMUL_EFFICIENCY, in_flight, peak_memory
+from megavid.plan.timing import DP_EXPOSED, step_time
+from megavid.tools.devices import GPU_ALIASES, gpu_spec
+
+
+def _layout_name(c) -> str:
+    name = f"tp{c.tp} pp{c.pp}" + (f" vpp{c.vpp}" if c.vpp > 1 else "") + f" dp{c.dp}"
+    return name + (" sp" if c.sequence_parallel and c.tp > 1 else "")
+
+
+def plan_table(rows: list[PlanRow], spec: dict, top: int, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("#", "layout", "mbs", "m", "recompute", "fp8", "mem/GPU (GB)",
+                   "step s", "bubble", "MFU"):
+        table.add_column(column, justify="right")
+    for i, row in enumerate(rows[:top], 1):
+        c, t = row.candidate, row.time
+        table.add_row(str(i), _layout_name(c), str(c.micro_batch_size), str(c.num_microbatches),
+                      c.recompute, "yes" if c.fp8 else "no",
+                      f"{row.memory['total'] / GB:.1f} / {spec['memory_gb']:.0f}",
+                      f"{t['step']:.2f}", f"{t['bubble']:.1%}", f"{t['mfu']:.1%}")
+    return table
+
+
+def explain(row: PlanRow, spec: dict, global_batch_size: int) -> str:
+    """The arithmetic behind one row, for humans checking the planner."""
+    c, mem, t = row.candidate, row.memory, row.time
+    mb = t["per_microbatch"]
+    lines = [
+        f"Layout {_layout_name(c)}, micro-batch {c.micro_batch_size}, "
+        f"{c.num_microbatches} micro-batches/step, recompute {c.recompute}, fp8 {c.fp8}, "
+        f"distributed optimizer {c.distributed_optimizer}",
+        f"Memory on the fullest GPU (pipeline rank {mem['rank']}):",
+        f"  parameters {mem['parameters'] / 1e9:.3f} B (its layers / tp + its embeddings)",
+        f"  weights {'bf16 2' if c.bf16 else 'fp32 4'} B/param{' + fp8 copy 1 B' if c.fp8 else ''}"
+        f" = {mem['weights'] / GB:.2f} GB; fp32 main grads 4 B/param = {mem['grads'] / GB:.2f} GB",
+        f"  Adam {'master+m+v 12' if c.bf16 else 'm+v 8'} B/param"
+        f"{f' / dp {c.dp}' if c.distributed_optimizer else ''} = {mem['optimizer'] / GB:.2f} GB",
+        f"  activations: per-layer (8sbh + 2sbf) elements, sharded by tp (sp shards the rest); "
+        f"x {in_flight(c, mem['rank']):.2f} micro-batches in flight (+ the stack's ends) = "
+        f"{mem['activations'] / GB:.2f} GB",
+        f"  total {mem['total'] / GB:.2f} GB <= {HEADROOM:.0%} x {spec['memory_gb']:.0f} GB "
+        f"= {HEADROOM * spec['memory_gb']:.1f} GB",
+        f"Time per micro-batch on the slowest stage: compute {mb['compute'] * 1e3:.1f} ms "
+        f"(matmul efficiency {MATMUL_EFFICIENCY}), TP comm {mb['tp_comm'] * 1e3:.1f} ms, "
+        f"PP p2p {mb['pp_p2p'] * 1e3:.1f} ms (links at {COMM_EFFICIENCY:.0%} of "
+        f"NVLink {spec['nvlink_gbs']:.0f} / IB {spec['ib_gbs']:.0f} GB/s)",
+        f"Pipeline: {c.num_microbatches} x {mb['total'] * 1e3:.1f} ms / (1 - bubble "
+        f"(p-1)/(v m + p - 1) = {t['bubble']:.3f}) = {t['pipeline']:.2f} s",
+        f"DP grad reduce-scatter + param all-gather, {DP_EXPOSED:.0%} exposed: {t['dp']:.2f} s",
+        f"Adam update (~32 B/param of its shard over HBM): {t['optimizer'] * 1e3:.1f} ms",
+        f"Step {t['step']:.2f} s; model FLOPs {t['model_flops'] / 1e15:.1f} PFLOP for "
+        f"{global_batch_size} clips; MFU = FLOPs / (step x {c.tp * c.pp * c.dp} GPUs x "
+        f"{spec['bf16']:.0f} TF) = {t['mfu']:.1%}",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m megavid.plan", description=__doc__)
+    parser.add_argument("--preset", default=None, help="model preset (default: the config's)")
+    parser.add_argument("--config", default=None, help="YAML run config to start from")
+    parser.add_argument("--gpus", type=int, required=True, help="world size")
+    parser.add_argument("--gpu", default="h100-80gb", help=f"one of {', '.join(GPU_ALIASES)}")
+    parser.add_argument("--global-batch-size", type=int, default=None,
+                        help="clips per step (default: the config's, or 2048)")
+    parser.add_argument("--mask-ratio", type=float, default=None)
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--no-fp8", action="store_true", help="leave FP8 layouts out")
+    parser.add_argument("--no-distributed-optimizer", action="store_true",
+                        help="replicate Adam state on every DP rank (without --config)")
+    parser.add_argument("--explain", action="store_true", help="show the best row's arithmetic")
+    parser.add_argument("--check-config", action="store_true",
+                        help="estimate the --config's own layout instead of searching")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = {"train.precision": "bf16"}
+    if not args.config:  # a search starts from megatron's large-model defaults
+        overrides["parallel.use_distributed_optimizer"] = not args.no_distributed_optimizer
+    if args.preset:
+        overrides["model.preset"] = args.preset
+    if args.mask_ratio is not None:
+        overrides["model.mask_ratio"] = args.mask_ratio
+    if args.global_batch_size or not args.config:
+        overrides["train.global_batch_size"] = args.global_batch_size or 2048
+    cfg = load_config(args.config, overrides)
+    spec = gpu_spec(args.gpu)
+    console = Console(width=120)
+    if args.check_config:
+        return _check_config(cfg, args.gpus, spec, console)
+    rows = plan(cfg, args.gpus, args.gpu, allow_fp8=not args.no_fp8)
+    title = (f"{cfg.model.preset} on {args.gpus} x {spec['name']}, global batch "
+             f"{cfg.train.global_batch_size}, mask ratio {cfg.model.mask_ratio}: "
+             f"{len(rows)} fitting layouts")
+    if not rows:
+        console.print(f"{title}: none fits; add GPUs or lower the batch")
+        return 1
+    console.print(plan_table(rows, spec, args.top, title))
+    if args.explain:
+        console.print(explain(rows[0], spec, cfg.train.global_batch_size))
+    return 0
+
+
+def _check_config(cfg, world: int, spec: dict, console: Console) -> int:
+    """Memory and time of the config's own layout; exit 1 if it does not fit."""
+    c = candidate_from_config(cfg, world)
+    kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
+    arch = cfg.model.resolved_arch()
+    row = PlanRow(c, peak_memory(arch, c, **kw),
+                  step_time(arch, c, spec, global_batch_size=cfg.train.global_batch_size, **kw))
+    console.print(explain(row, spec, cfg.train.global_batch_size))
+    fits = row.memory["total"] <= HEADROOM * spec["memory_gb"] * GB
+    console.print("fits" if fits else "does NOT fit")
+    return 0 if fits else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
