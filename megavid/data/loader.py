@@ -20,7 +20,7 @@ from megavid.data.sources import list_clips
 from megavid.data.decode import DECODERS, build_decoder
 from megavid.data.demo_clips import ensure_demo_clips
 from megavid.data.mock import MockLoader
-from megavid.data.sampling import MicroBatchSampler, check_batch_layout
+from megavid.data.sampling import MicroBatchSampler, StreamPosition
 from megavid.models.presets import ModelArch
 
 log = logging.getLogger(__name__)
@@ -32,29 +32,17 @@ SKIP_REASONS = ("skipped_corrupt", "skipped_empty", "skipped_no_video", "skipped
 STAT_KEYS = ("clips", *SKIP_REASONS, "replaced", "stride_lowered", "padded_short")
 
 
-class VideoLoader:
+class VideoLoader(StreamPosition):
     """Endless, resumable iterator of {"video": (b, T, S, S, 3), "index": (b,)} micro-batches."""
 
     def __init__(self, dataset: VideoClipDataset, *, global_batch_size: int,
                  micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int,
                  seed: int, start_step: int = 0):
-        self.per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
-        if not 0 <= dp_rank < dp_size:
-            raise ValueError(f"dp_rank {dp_rank} is outside [0, {dp_size})")
+        super().__init__(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                         dp_rank=dp_rank, dp_size=dp_size, start_step=start_step)
         self.dataset, self.num_workers, self.seed = dataset, num_workers, seed
-        self.layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
-                           dp_rank=dp_rank, dp_size=dp_size)
-        self.consumed = start_step * self.per_step  # micro-batches handed out so far
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self._warned: set[str] = set()
-
-    def state_dict(self) -> dict:
-        step, micro_batch = divmod(self.consumed, self.per_step)
-        return {"step": step, "micro_batch": micro_batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume at ``state``; takes effect at the next ``iter()``."""
-        self.consumed = int(state["step"]) * self.per_step + int(state.get("micro_batch", 0))
 
     def __iter__(self):
         sampler = MicroBatchSampler(start=self.consumed, **self.layout)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from megavid.data.sampling import check_batch_layout, micro_batch_positions
+from megavid.data.sampling import StreamPosition, micro_batch_positions
 from megavid.models.presets import ModelArch
 
 
@@ -30,28 +30,15 @@ def mock_clip(arch: ModelArch, seed: int, index: int) -> torch.Tensor:
     return (0.5 + 0.45 * wave + noise).clamp(0, 1)
 
 
-class MockLoader:
-    """Iterable of micro-batches {"video": (b, T, H, W, C), "index": (b,)}.
-
-    Its position counts micro-batches handed out, so a ``state_dict`` taken after
-    step s resumes at step s + 1 (not at the start of step s).
-    """
+class MockLoader(StreamPosition):
+    """Iterable of micro-batches {"video": (b, T, H, W, C), "index": (b,)}."""
 
     def __init__(self, arch: ModelArch, *, global_batch_size: int, micro_batch_size: int,
                  dp_rank: int, dp_size: int, seed: int, start_step: int = 0):
+        super().__init__(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                         dp_rank=dp_rank, dp_size=dp_size, start_step=start_step)
         self.arch, self.seed = arch, seed
-        self.per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
-        self.layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
-                           dp_rank=dp_rank, dp_size=dp_size)
-        self.consumed = start_step * self.per_step  # micro-batches handed out so far
         self.stats = {"clips": 0}
-
-    def state_dict(self) -> dict:
-        step, micro_batch = divmod(self.consumed, self.per_step)
-        return {"step": step, "micro_batch": micro_batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.consumed = int(state["step"]) * self.per_step + int(state.get("micro_batch", 0))
 
     def __iter__(self):
         while True:

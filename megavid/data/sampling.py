@@ -34,6 +34,31 @@ def micro_batch_positions(micro_batch: int, *, global_batch_size: int, micro_bat
     return range(start, start + micro_batch_size)
 
 
+class StreamPosition:
+    """Where a loader is in the global sample stream, counted in micro-batches handed out.
+
+    Counting what the trainer received (not what workers prefetched) makes a
+    ``state_dict`` taken after step s resume exactly at step s + 1.
+    """
+
+    def __init__(self, *, global_batch_size: int, micro_batch_size: int, dp_rank: int,
+                 dp_size: int, start_step: int = 0):
+        self.per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank {dp_rank} is outside [0, {dp_size})")
+        self.layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                           dp_rank=dp_rank, dp_size=dp_size)
+        self.consumed = start_step * self.per_step
+
+    def state_dict(self) -> dict:
+        step, micro_batch = divmod(self.consumed, self.per_step)
+        return {"step": step, "micro_batch": micro_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``; takes effect at the next ``iter()``."""
+        self.consumed = int(state["step"]) * self.per_step + int(state.get("micro_batch", 0))
+
+
 class EpochPermutation:
     """Global position -> dataset item, reshuffled every epoch with ``seed + epoch``."""
 

@@ -95,7 +95,7 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
         persist_layer_norm=False,
         apply_rope_fusion=False,
         deallocate_pipeline_outputs=True,
-        batch_p2p_comm=False,
+        batch_p2p_comm=False,  # batched, PP=2 interleaving crosses activations and gradients
         **recompute,
         **fp8,
     )
