@@ -53,7 +53,7 @@ def test_summary_names_dp_and_microbatches(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     code, _, err = launch(capsys, "slurm", *J_CLUSTER, "--dry-run")
     assert code == 0
-    assert "data-parallel size: 8; micro-batches per step: 256 of 1" in err
+    assert "data-parallel size: 8; micro-batches per step: 32 of 8" in err
     assert "memory per GPU:" in err
 
 
