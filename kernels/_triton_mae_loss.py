@@ -19,16 +19,24 @@ MAX_PATCH_DIM = 16384  # one tubelet per tile row; 4DS tubelets are 1536 pixels
 
 
 @triton.jit
+def _masked_tile(mask_ptr, M, P, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's tile: BLOCK_M whole tubelets; ``ok`` covers masked ones only."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_P)
+    row_ok = rows < M
+    col_ok = cols[None, :] < P
+    masked = tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0
+    ok = masked[:, None] & col_ok  # unmasked rows are never read
+    offs = rows.to(tl.int64)[:, None] * P + cols[None, :]
+    return rows, row_ok, col_ok, ok, offs
+
+
+@triton.jit
 def _mae_loss_fwd_kernel(
     pred_ptr, patch_ptr, mask_ptr, row_loss_ptr, mean_ptr, rstd_ptr, M, P, eps,
     NORM_PIX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_P)
-    row_ok = rows < M
-    masked = tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0
-    ok = masked[:, None] & (cols[None, :] < P)  # unmasked rows are never read
-    offs = rows.to(tl.int64)[:, None] * P + cols[None, :]
+    rows, row_ok, col_ok, ok, offs = _masked_tile(mask_ptr, M, P, BLOCK_M, BLOCK_P)
     target = tl.load(patch_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if NORM_PIX:  # per-tubelet mean and unbiased variance, in registers
         mean = tl.sum(target, axis=1) / P
@@ -47,13 +55,7 @@ def _mae_loss_bwd_kernel(
     pred_ptr, patch_ptr, mask_ptr, mean_ptr, rstd_ptr, coef_ptr, grad_ptr, M, P,
     NORM_PIX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_P)
-    row_ok = rows < M
-    col_ok = cols[None, :] < P
-    masked = tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0
-    ok = masked[:, None] & col_ok
-    offs = rows.to(tl.int64)[:, None] * P + cols[None, :]
+    rows, row_ok, col_ok, ok, offs = _masked_tile(mask_ptr, M, P, BLOCK_M, BLOCK_P)
     target = tl.load(patch_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if NORM_PIX:
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)

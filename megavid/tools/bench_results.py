@@ -138,17 +138,10 @@ def make_results(
     return obj
 
 
-def write_results(
-    path: str | os.PathLike,
-    benchmark: str,
-    results: list[dict],
-    ratios: dict | None = None,
-    *,
-    notes: list[str] | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """Validate and write one results file (parent directories created); returns the object."""
-    obj = make_results(benchmark, results, ratios, notes=notes, extra=extra)
+def write_results(path: str | os.PathLike, benchmark: str, results: list[dict],
+                  ratios: dict | None = None, **kwargs) -> dict:
+    """``make_results`` (same arguments), validated and written; returns the object."""
+    obj = make_results(benchmark, results, ratios, **kwargs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

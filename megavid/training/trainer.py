@@ -110,6 +110,9 @@ class Trainer:
         iterators = itertools.tee(iter(self.loader), layout.vpp)
         self.data_iterator = list(iterators) if layout.vpp > 1 else iterators[0]
         self.forward_step = make_forward_step(cfg, inject_nan=self._nan_injected)
+        self._flops_per_clip = mae_train_flops_per_clip(
+            self.arch, mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
+        self._peak_tflops, _ = peak_tflops(cfg.train.fp8 and "fp8" or cfg.train.precision)
         self.stop_request = StopRequest(cfg.checkpoint.exit_duration_in_mins)
         self._consecutive_skips = 0
         self._loss_ema: float | None = None
@@ -196,10 +199,8 @@ class Trainer:
     def _metrics(self, loss: float, grad_norm, elapsed: float, skipped: bool) -> dict:
         tc, world = self.cfg.train, dist.get_world_size()
         clips_per_s = tc.global_batch_size / elapsed
-        flops = mae_train_flops_per_clip(self.arch, mask_ratio=self.cfg.model.mask_ratio,
-                                         masking=self.cfg.model.masking)
-        per_device = flops * clips_per_s / world / 1e12
-        peak, _ = peak_tflops(tc.fp8 and "fp8" or tc.precision)
+        per_device = self._flops_per_clip * clips_per_s / world / 1e12
+        peak = self._peak_tflops
         return {
             "step": self.step,
             "loss": loss,
