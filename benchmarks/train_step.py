@@ -1,15 +1,21 @@
 """megavid's training step against Hugging Face ``VideoMAEForPreTraining`` of the same size, on CPU.
 
-Both take one AdamW step on a micro-batch of random clips with the same
-encoder/decoder widths, depths, heads, MLP widths, tubelets and mask ratio
-(norm-pixel MSE on masked tubelets). The HF model is built from a config:
-no weights are downloaded. Reports the median step time of each and
-``step_speedup_vs_hf_<preset>_<mask>`` (HF time / megavid time: > 1 means megavid is faster).
+Both take one AdamW step (grad-norm clip 1.0) on a fresh micro-batch of random
+clips with the same encoder/decoder widths, depths, heads, MLP widths,
+tubelets and mask ratio (norm-pixel MSE on masked tubelets). The HF model is
+built from a config: no weights are downloaded. The two are timed in one
+process, step for step in alternation (the side that goes first alternates
+too), so load drift on the machine hits both alike. Per side: median step
+time, achieved model TFLOP/s (``megavid.training.flops``, the same count for
+both), and that as a fraction of this machine's measured fp32 GEMM peak.
+Ratios ``step_speedup_vs_hf_<preset>_<mask>`` = HF time / megavid time (> 1:
+megavid is faster).
 
-    python benchmarks/train_step.py --out results/train_step.json [--quick] [--preset 4ds-s]
+    python benchmarks/train_step.py --out benchmarks/results/train_step_vs_hf_cpu.json
+    python benchmarks/train_step.py --presets 4ds-s --masks 0.95 --steps 7
+    python benchmarks/train_step.py --profile 4ds-s   # megavid's step under torch.profiler
 
-Needs ``pip install transformers`` for the HF side; without it the megavid
-row is written alone with a note.
+Needs ``pip install 'megavid[bench]'`` (transformers).
 """
 
 from __future__ import annotations
@@ -23,32 +29,39 @@ import time
 import torch
 
 from megavid.models.masking import make_masks, num_visible
+from megavid.models.presets import count_parameters, get_preset
 from megavid.tools.bench_results import write_results
+from megavid.tools.devices import measured_cpu_tflops
+from megavid.training.flops import mae_train_flops_per_clip
 
 
-def time_megavid(preset: str, batch: int, mask_ratio: float, steps: int) -> list[float]:
-    """Seconds per ``Trainer.train_step`` (fp32, mock data, one process)."""
-    from megavid.config import load_config
-    from megavid.parallel import runtime
-    from megavid.training.trainer import Trainer
+class MegavidSide:
+    """``Trainer.train_step`` on mock clips: megatron-core schedule, DDP buffer, optimizer."""
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    with tempfile.TemporaryDirectory() as log_dir:
+    name = "megavid"
+
+    def __init__(self, preset: str, batch: int, mask_ratio: float, log_dir: str):
+        from megavid.config import load_config
+        from megavid.training.trainer import Trainer
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         cfg = load_config(overrides={
             "model.preset": preset, "model.mask_ratio": mask_ratio, "data.mock": True,
             "train.micro_batch_size": batch, "train.global_batch_size": batch,
-            "train.train_iters": steps + 2, "train.lr_warmup_iters": 1,
+            "train.train_iters": 10_000, "train.lr_warmup_iters": 1,
             "log.log_dir": log_dir, "log.tensorboard": False, "log.plot": False,
         })
-        trainer = Trainer(cfg)
-        times = []
-        for _ in range(steps + 1):  # the first step warms up
-            start = time.perf_counter()
-            trainer.train_step()
-            times.append(time.perf_counter() - start)
-        trainer.close()
+        self.trainer = Trainer(cfg)
+        self.params = sum(p.numel() for chunk in self.trainer.model for p in chunk.parameters())
+
+    def step(self) -> None:
+        self.trainer.train_step()
+
+    def close(self) -> None:
+        from megavid.parallel import runtime
+
+        self.trainer.close()
         runtime.shutdown()
-    return times[1:]
 
 
 def hf_model(arch):
@@ -70,64 +83,131 @@ def hf_model(arch):
     return VideoMAEForPreTraining(config)
 
 
-def time_hf(arch, batch: int, mask_ratio: float, steps: int) -> tuple[list[float], int]:
-    """(seconds per forward + backward + AdamW step, parameter count) of the HF model."""
-    model = hf_model(arch).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    _, mask = make_masks(torch.arange(batch), grid=arch.grid, mask_ratio=mask_ratio,
-                         masking="random", seed=1)
-    # HF wants (B, T, C, H, W) and the same number of masked tubelets per clip
-    video = torch.rand(batch, arch.num_frames, arch.channels, arch.image_size, arch.image_size)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(pixel_values=video, bool_masked_pos=mask).loss
+class HFSide:
+    """Forward, backward, clip, ``torch.optim.AdamW`` (torch's default implementation)."""
+
+    name = "hf-videomae"
+
+    def __init__(self, arch, batch: int, mask_ratio: float):
+        self.arch, self.batch = arch, batch
+        self.model = hf_model(arch).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
+        # HF wants the same number of masked tubelets in every clip: megavid's masks have that
+        _, self.mask = make_masks(torch.arange(batch), grid=arch.grid, mask_ratio=mask_ratio,
+                                  masking="random", seed=1)
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def step(self) -> None:
+        a = self.arch  # a fresh batch each step, as megavid's mock loader makes: (B, T, C, H, W)
+        video = torch.rand(self.batch, a.num_frames, a.channels, a.image_size, a.image_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.model(pixel_values=video, bool_masked_pos=self.mask).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return times[1:], sum(p.numel() for p in model.parameters())
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+
+    def close(self) -> None:
+        del self.model, self.optimizer
+
+
+def _timed(side) -> float:
+    start = time.perf_counter()
+    side.step()
+    return time.perf_counter() - start
+
+
+def compare(preset: str, batch: int, mask_ratio: float, steps: int, log_dir: str) -> dict:
+    """Alternate the two sides step by step; seconds per step of each."""
+    arch = get_preset(preset)
+    sides = [MegavidSide(preset, batch, mask_ratio, log_dir), HFSide(arch, batch, mask_ratio)]
+    times = {side.name: [] for side in sides}
+    for side in sides:  # warm-up to steady state: optimizer state, thread pools, and the
+        for _ in range(3):  # malloc heap (megavid's CPU runs page-fault for the first ~3 steps)
+            side.step()
+    for i in range(steps):
+        for side in sides if i % 2 == 0 else sides[::-1]:
+            times[side.name].append(_timed(side))
+    params = {side.name: side.params for side in sides}
+    for side in sides:
+        side.close()
+    return {"times": times, "params": params}
+
+
+def rows_for(preset: str, batch: int, mask_ratio: float, steps: int, result: dict,
+             peak: float) -> tuple[list[dict], float]:
+    arch = get_preset(preset)
+    flops = batch * mae_train_flops_per_clip(arch, mask_ratio=mask_ratio)
+    settings = {"preset": preset, "batch": batch, "mask_ratio": mask_ratio,
+                "visible": num_visible(arch.grid, mask_ratio, "random"), "steps": steps,
+                "model_flops_per_step": flops}
+    rows, median = [], {}
+    for side, times in result["times"].items():
+        median[side] = statistics.median(times)
+        tflops = flops / median[side] / 1e12
+        rows.append({"name": f"train_step {side} {preset} mask={mask_ratio:g}",
+                     "value": round(median[side] * 1e3, 2), "unit": "ms",
+                     "times_ms": [round(t * 1e3, 1) for t in times],
+                     "tflops": round(tflops, 4), "frac_gemm_peak": round(tflops / peak, 3),
+                     "model_params": result["params"][side], "params": settings})
+    return rows, median["hf-videomae"] / median["megavid"]
+
+
+def profile_megavid(preset: str, batch: int, mask_ratio: float) -> None:
+    """Print where megavid's step spends its time (torch.profiler, by op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        side = MegavidSide(preset, batch, mask_ratio, log_dir)
+        side.step()
+        side.step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            side.step()
+        side.close()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="4ds-s")
+    parser.add_argument("--presets", default="4ds-s,4ds-b", help="comma-separated")
+    parser.add_argument("--masks", default="0.95,0.9", help="comma-separated mask ratios")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--mask-ratio", type=float, default=0.9)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 2 timed steps")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
+    parser.add_argument("--quick", action="store_true", help="tiny preset, mask 0.9, 2 steps")
+    parser.add_argument("--profile", metavar="PRESET", help="profile megavid's step and exit")
     parser.add_argument("--out", default="train_step.json")
     args = parser.parse_args()
-    preset, steps = ("tiny", 2) if args.quick else (args.preset, args.steps)
-    from megavid.models.presets import count_parameters, get_preset
-
-    arch = get_preset(preset)
-    params = {"preset": preset, "batch": args.batch, "mask_ratio": args.mask_ratio,
-              "visible": num_visible(arch.grid, args.mask_ratio, "random"), "steps": steps}
-    mv = statistics.median(time_megavid(preset, args.batch, args.mask_ratio, steps))
-    rows = [{"name": f"train_step megavid {preset}", "value": round(mv * 1e3, 2), "unit": "ms",
-             "params": params, "model_params": count_parameters(arch)["total"]}]
-    ratios, notes = {}, []
-    try:
-        hf_times, hf_params = time_hf(arch, args.batch, args.mask_ratio, steps)
-        hf = statistics.median(hf_times)
-    except ImportError as err:
-        notes.append(f"hf VideoMAEForPreTraining: skipped ({err}); pip install transformers")
-    else:
-        rows.append({"name": f"train_step hf-videomae {preset}", "value": round(hf * 1e3, 2),
-                     "unit": "ms", "params": params, "model_params": hf_params})
-        ratios[f"step_speedup_vs_hf_{preset}_{args.mask_ratio:g}"] = round(hf / mv, 3)
-    notes.append("CPU fp32, one process; megavid: Trainer.train_step (megatron-core schedule, "
-                 "DDP grad buffer, megatron optimizer, grad clip, loss all-reduce); HF: forward, "
-                 "backward, clip, torch AdamW; HF uses fixed sin-cos position embeddings "
-                 "(model_params differ by megavid's learned ones)")
+    masks = [float(m) for m in args.masks.split(",")]
+    if args.profile:
+        profile_megavid(args.profile, args.batch, masks[0])
+        return
+    presets, steps = args.presets.split(","), args.steps
+    if args.quick:
+        presets, masks, steps = ["tiny"], [0.9], 2
+    peak = measured_cpu_tflops(2048)
+    rows, ratios = [], {}
+    with tempfile.TemporaryDirectory() as log_dir:
+        for preset in presets:
+            for mask in masks:
+                result = compare(preset, args.batch, mask, steps, log_dir)
+                new_rows, speedup = rows_for(preset, args.batch, mask, steps, result, peak)
+                rows += new_rows
+                ratios[f"step_speedup_vs_hf_{preset}_{mask:g}"] = round(speedup, 3)
+                for row in new_rows:
+                    print(f"{row['name']:40s} {row['value']:9.1f} ms  {row['tflops']:.3f} "
+                          f"TFLOP/s  {row['frac_gemm_peak']:.0%} of GEMM peak", flush=True)
+    notes = [
+        "CPU fp32, one process, the two sides alternated step by step; megavid: "
+        "Trainer.train_step (megatron-core schedule, DDP grad buffer, megatron optimizer, grad "
+        "clip, loss all-reduce, mock loader); HF: fresh torch.rand batch, forward, backward, "
+        "clip, torch AdamW",
+        "TFLOP/s: model FLOPs of megavid.training.flops (encoder on visible tubelets, decoder on "
+        "all, 3x forward) for both sides; frac_gemm_peak against a measured 2048^3 fp32 matmul",
+        "HF uses fixed sin-cos position embeddings, megavid learned ones (model_params differ)",
+    ]
     obj = write_results(args.out, "benchmarks.train_step", rows, ratios, notes=notes,
-                        extra={"settings": {"quick": args.quick,
+                        extra={"settings": {"quick": args.quick, "gemm_peak_tflops": peak,
                                             "threads": torch.get_num_threads()}})
-    for row in obj["results"]:
-        print(f"{row['name']:36s} {row['value']:10.1f} ms")
-    print(obj["ratios"], obj.get("notes"))
+    print(obj["ratios"])
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ _SWITCHES = [
     (("--overlap-grad-reduce",), "parallel.overlap_grad_reduce",
      "overlap the DP gradient reduction with backward"),
     (("--async-save",), "checkpoint.async_save", "write checkpoints in the background"),
+    (("--finetune",), "checkpoint.finetune",
+     "load only the model weights from --load and start at step 0"),
     (("--requeue-on-preempt",), "checkpoint.requeue_on_preempt",
      "after a SIGUSR1 save, requeue the SLURM job"),
 ]

@@ -29,8 +29,30 @@ class ModelConfig:
     mask_ratio: float = 0.95  # fraction of tubelets hidden from the encoder
     masking: str = "random"  # random | tube (same spatial mask in every frame)
     norm_pix_loss: bool = True  # regress per-tubelet normalised pixels (MAE's default)
-    layernorm_epsilon: float = 1e-6
-    encoder_final_norm: bool = False  # 4DS encoders have none
+    # mae: normalise each tubelet over all its values, / sqrt(var + 1e-6) (MAE, 4DS);
+    # videomae: each tubelet's channels separately, / (std + 1e-6) (VideoMAE, HF's loss)
+    norm_pix_style: str = "mae"
+    # -- architecture options: together with preset/arch they define the function the model
+    # computes, so checkpoints carry them (ARCH_FIELDS) and --load restores them. Defaults are
+    # megavid's original model; `python -m megavid.tools.convert` sets them for 4DS / VideoMAE.
+    layernorm_epsilon: float = 1e-6  # eps of every LayerNorm (4DS: 1e-6; HF VideoMAE: 1e-12)
+    # eps of the decoder's final LayerNorm; None = layernorm_epsilon (HF VideoMAE: torch's 1e-5)
+    decoder_norm_epsilon: Optional[float] = None
+    encoder_final_norm: bool = False  # 4DS encoders have none; VideoMAE has one (no mean pooling)
+    gelu: str = "exact"  # exact | tanh: MLP activation (4DS: tanh approximation; VideoMAE: exact)
+    # qkv | qv | none: which attention input projections carry a bias (4DS: qkv; VideoMAE: qv).
+    # "qv" keeps megatron's fused bias with its k slice fixed at zero (zero gradient, see
+    # megavid/models/mae.py); a bias on k adds the same q.b_k to every score of a query, which the
+    # softmax ignores, so it is exactly a model without one. "none" builds the projection unbiased.
+    qkv_bias: str = "qkv"
+    # learned | sincos: encoder and decoder position embeddings, a learned table or VideoMAE's
+    # fixed 1-D sinusoids over the raster token index (a buffer: not trained, not checkpointed)
+    pos_embed: str = "learned"
+    # none | imagenet: what the encoder does to its input video first. imagenet: (x - mean) / std
+    # with ImageNet's mean/std, as VideoMAE's processor does, on [0,1] input (data.value_range=unit);
+    # reconstruction targets stay the raw input, as in VideoMAE's loss. 4DS: none.
+    pixel_norm: str = "none"
+    decoder_embed_bias: bool = True  # bias of the encoder-to-decoder projection (HF VideoMAE: none)
     transformer_impl: str = "auto"  # local | transformer_engine | auto (TE when CUDA and TE exist)
     init_std: float = 0.02  # std of the truncated-normal init of linear weights and embeddings
     kernels: str = "torch"  # torch | triton | auto: MAE loss and patchify/scatter (kernels/)
@@ -48,6 +70,12 @@ class ModelConfig:
             )
         changes = {k: tuple(v) if k == "tubelet" else v for k, v in self.arch.items()}
         return arch.replace(**changes)
+
+
+# The ModelConfig fields that define the function the model computes (its shape and ops):
+# written into every checkpoint and restored from it by --load (see load_config).
+ARCH_FIELDS = ("preset", "arch", "layernorm_epsilon", "decoder_norm_epsilon", "encoder_final_norm",
+               "gelu", "qkv_bias", "pos_embed", "pixel_norm", "decoder_embed_bias")
 
 
 @dataclass
@@ -100,6 +128,9 @@ class CheckpointConfig:
     save: Optional[str] = None  # directory of checkpoints (iter_NNNNNNN/ + latest)
     save_interval: int = 0  # optimizer steps between saves; 0 = only at the end / on preemption
     load: Optional[str] = None  # resume from <load>/latest (or a given iter_* directory)
+    # load only the model weights from --load and start at step 0 (fresh optimizer, schedule and
+    # data stream); checkpoints that hold only weights (megavid.tools.convert) always load so
+    finetune: bool = False
     keep_last: int = 3  # complete checkpoints kept; older ones are deleted
     async_save: bool = False  # write shards in a background process while training goes on
     load_fallback: bool = True  # if latest is damaged, load the newest complete older one
@@ -178,6 +209,12 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = N
         if not path.is_file():
             raise FileNotFoundError(f"--config: no such file {path}")
         data = yaml.safe_load(path.read_text()) or {}
+    # --load restores the architecture the checkpoint was saved with; explicit flags still win
+    load = (overrides or {}).get("checkpoint.load") or (data.get("checkpoint") or {}).get("load")
+    if load:
+        arch = saved_arch(load)
+        if arch:
+            data["model"] = {**(data.get("model") or {}), **arch}
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         data.setdefault(section, {})
@@ -189,10 +226,34 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = N
     return cfg
 
 
+def saved_arch(load: str | Path) -> dict:
+    """The architecture fields (ARCH_FIELDS) a checkpoint was saved with; {} if unreadable.
+
+    ``load`` is what --load takes (a save root with ``latest``, or an ``iter_*``
+    directory). Errors are left to the trainer's load, which names them properly.
+    """
+    from megavid.training.checkpoint_dirs import resolve_load_dir
+
+    try:
+        directory, _ = resolve_load_dir(load, fallback=True)
+        import torch
+
+        common = torch.load(directory / "common.pt", map_location="cpu", weights_only=True)
+        model = common["common"]["config"]["model"]
+    except Exception:  # missing, damaged or foreign: the trainer's load names the problem
+        return {}
+    return {key: model[key] for key in ARCH_FIELDS if key in model}
+
+
 _CHOICES = {
     "model.masking": ("random", "tube"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
     "model.kernels": ("torch", "triton", "auto"),
+    "model.norm_pix_style": ("mae", "videomae"),
+    "model.gelu": ("exact", "tanh"),
+    "model.qkv_bias": ("qkv", "qv", "none"),
+    "model.pos_embed": ("learned", "sincos"),
+    "model.pixel_norm": ("none", "imagenet"),
     "train.precision": ("fp32", "bf16"),
     "train.fp8": (None, "hybrid", "e4m3"),
     "train.recompute": (None, "full", "selective"),
@@ -232,6 +293,7 @@ def validate(cfg: RunConfig) -> None:
             f"model.mask_ratio: {cfg.model.mask_ratio} leaves no visible tubelet of "
             f"{arch.num_tokens}; lower it"
         )
+    _validate_arch_options(cfg)
     tc = cfg.train
     if tc.micro_batch_size < 1 or tc.global_batch_size < 1 or tc.train_iters < 1:
         raise ConfigError("train: micro_batch_size, global_batch_size and train_iters must be >= 1")
@@ -263,3 +325,18 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError("--vpp must be >= 1")
         if par.pipeline_model_parallel_size < 2 and par.virtual_pipeline_model_parallel_size > 1:
             raise ConfigError("--vpp > 1 needs --pp > 1 (interleaving splits each pipeline rank)")
+
+
+def _validate_arch_options(cfg: RunConfig) -> None:
+    model = cfg.model
+    for name in ("layernorm_epsilon", "decoder_norm_epsilon"):
+        value = getattr(model, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"model.{name}: {value} must be > 0 (4DS: 1e-6, VideoMAE: 1e-12)")
+    if model.pixel_norm == "imagenet" and model.resolved_arch().channels != 3:
+        raise ConfigError("model.pixel_norm=imagenet needs RGB input (model.arch.channels=3)")
+    if model.pixel_norm == "imagenet" and cfg.data.value_range == "imagenet":
+        raise ConfigError(
+            "model.pixel_norm=imagenet normalises the input itself: set data.value_range=unit "
+            "(or model.pixel_norm=none) so that clips are not normalised twice"
+        )

@@ -5,6 +5,13 @@ file, so a worker can produce any position without knowing the layout. A file
 that cannot be used is replaced by the next file in dataset order, with fresh
 but still position-seeded randomness, and the reason travels back with the
 sample so the loader's counters (in the main process) see skips made in workers.
+
+Odd files that can be used are, by these policies (counted per sample):
+variable frame rate -> sampled on a constant-rate timestamp grid (``vfr_resampled``);
+a display rotation -> frames turned upright before cropping (``rotated_upright``);
+an odd width or height, or any size and aspect -> the random resized crop and resize
+to the model's resolution (``odd_size_resized`` for odd sides); frames whose short
+side is under ``MIN_SIDE_FRACTION`` of the model's resolution -> ``skipped_too_small``.
 """
 
 from __future__ import annotations
@@ -12,14 +19,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from megavid.data.decode import DecodeError, VideoDecoder, VideoInfo
 from megavid.data.media import Media
 from megavid.data.sampling import EpochPermutation
-from megavid.data.sources import Clip
+from megavid.data.sources import Clip, label_ids
 from megavid.data.transforms import (CropPlan, FramePlan, crop_resize, plan_crop, plan_frames,
                                      sample_rng)
+
+# Upsampling more than 4x invents the pixels an MAE is asked to reconstruct.
+MIN_SIDE_FRACTION = 0.25  # of the model's image size: shorter frames are skipped_too_small
+
 
 @dataclass(frozen=True)
 class SamplePlan:
@@ -27,8 +39,11 @@ class SamplePlan:
 
     file_id: int
     path: Media
-    frames: FramePlan
-    crop: CropPlan
+    frames: FramePlan  # on the sampling timeline (constant rate)
+    crop: CropPlan  # in upright (displayed) coordinates
+    file_frames: np.ndarray  # (T,) frames of the file to decode (differs from frames if VFR)
+    rotation: int = 0  # degrees counter-clockwise that turn decoded frames upright
+    notes: tuple[str, ...] = ()  # policies applied to this file, for the loader's counters
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
@@ -44,6 +59,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.num_frames, self.image_size = num_frames, image_size
         self.frame_stride, self.value_range = frame_stride, value_range
         self.order = EpochPermutation(len(self.files), seed)
+        self.labels, self.label_names = label_ids(self.clips)  # (N,) int64, -1 = no label
         self._bad: dict[int, str] = {}  # file id -> skip reason, per process
 
     def __len__(self) -> int:
@@ -60,33 +76,47 @@ class VideoClipDataset(torch.utils.data.Dataset):
             info = self.decoder.probe(path)
         except DecodeError as err:
             raise self._skip(file_id, err.reason) from None
+        height, width = info.upright_size
+        if min(height, width) < MIN_SIDE_FRACTION * self.image_size:
+            raise self._skip(file_id, "skipped_too_small")
         first, stop = clip_window(self.clips[file_id], info)
         frames = plan_frames(rng, stop - first, self.num_frames, self.frame_stride)
         if frames is None:
             raise self._skip(file_id, "skipped_too_short")
         if first:
             frames = replace(frames, indices=frames.indices + first)
-        return SamplePlan(file_id, path, frames, plan_crop(rng, info.height, info.width))
+        file_frames = frames.indices if info.timeline is None else info.timeline[frames.indices]
+        notes = tuple(note for note, applies in (
+            ("vfr_resampled", info.timeline is not None), ("rotated_upright", info.rotation != 0),
+            ("odd_size_resized", height % 2 == 1 or width % 2 == 1)) if applies)
+        return SamplePlan(file_id, path, frames, plan_crop(rng, height, width), file_frames,
+                          info.rotation, notes)
 
     def __getitem__(self, position: int) -> dict:
-        """Sample at global ``position``: video (T, S, S, 3) float32, its index, and events."""
+        """Sample at global ``position``: video (T, S, S, 3) float32, its index, label
+        (-1 if none) and events."""
         events: list[tuple[str, str]] = []  # (counter name, file) for the loader's stats
         for attempt in range(len(self.files)):
             try:
                 plan = self.plan(position, attempt)
                 try:
-                    pixels = self.decoder.decode(plan.path, plan.frames.indices)  # (T, H, W, 3)
+                    pixels = self.decoder.decode(plan.path, plan.file_frames)  # (T, H, W, 3)
                 except DecodeError as err:
                     raise self._skip(plan.file_id, err.reason) from None
             except SkipFile as skip:
                 events.append((skip.reason, str(skip.path)))
                 continue
-            if plan.frames.stride < self.frame_stride:
-                events.append(("stride_lowered", str(plan.path)))
-            if plan.frames.padded:
+            if events:  # earlier files were skipped: this sample moved on
+                events.append(("replaced", str(plan.path)))
+            events += [(note, str(plan.path)) for note in plan.notes]
+            if plan.frames.padded:  # fewer than T frames: stride 1, last frame repeated
                 events.append(("padded_short", str(plan.path)))
+            elif plan.frames.stride < self.frame_stride:
+                events.append(("stride_lowered", str(plan.path)))
+            pixels = np.rot90(pixels, k=plan.rotation // 90, axes=(1, 2))  # upright (T, H', W', 3)
             video = crop_resize(pixels, plan.crop, self.image_size, self.value_range)
-            return {"video": video, "index": position, "events": events}
+            return {"video": video, "index": position, "label": int(self.labels[plan.file_id]),
+                    "events": events}
         raise RuntimeError(
             f"none of the {len(self.files)} videos could be used (reasons: "
             f"{sorted(set(self._bad.values()))}); check data.path (--data)"
@@ -119,5 +149,6 @@ def collate_samples(samples: list[dict]) -> dict:
     return {
         "video": torch.stack([s["video"] for s in samples]),  # (b, T, S, S, 3)
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),  # (b,)
+        "label": torch.tensor([s.get("label", -1) for s in samples], dtype=torch.int64),  # (b,)
         "events": [e for s in samples for e in s["events"]],
     }

@@ -5,53 +5,53 @@ and how big they are (``probe``), and a few frames by index (``decode``). A
 GPU backend (DALI / NVDEC) can implement the same two methods and plug in
 through ``build_decoder`` without the sampling code changing.
 
-Frame ``i`` of a file is its ``i``-th frame in presentation order. PyAV's
-backend learns each frame's timestamp by demuxing the file once (reading
-packets, decoding nothing) and caches that per process, so a decode can seek
-to the keyframe before the first wanted frame, decode forward and stop after
-the last one, matching frames by exact timestamp.
+Frame ``i`` of a file is its ``i``-th frame in presentation order. Each
+file's ``FrameIndex`` (``frame_index.py``: every frame's timestamp, keyframes,
+rotation, and the policies for bad or odd files) is read once per process by
+demuxing it, so PyAV's backend can seek to the keyframe before the first wanted
+frame, decode forward and stop after the last one, matching frames by exact
+timestamp. Decoders return frames as coded; the dataset turns them upright.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import av
 import numpy as np
 
-from megavid.data.media import media_size, open_media
+from megavid.data.frame_index import (READ_ERRORS, DecodeError, EmptyFile, FrameIndex,
+                                      NoVideoStream, Truncated, UnsupportedCodec, read_index)
+from megavid.data.media import open_media
 
-
-class DecodeError(RuntimeError):
-    """The file cannot be read or does not hold the frames its index promised."""
-
-    reason = "skipped_corrupt"  # the loader's counter for files failing this way
-
-
-class EmptyFile(DecodeError):
-    reason = "skipped_empty"
-
-
-class NoVideoStream(DecodeError):
-    reason = "skipped_no_video"
-
-
-class UnsupportedCodec(DecodeError):
-    """The chosen backend cannot decode this codec (e.g. DALI's CPU decoder and H.264)."""
-
-    reason = "skipped_unsupported_codec"
+__all__ = ["DecodeError", "EmptyFile", "NoVideoStream", "Truncated", "UnsupportedCodec",
+           "VideoInfo", "VideoDecoder", "PyAVDecoder", "build_decoder", "DECODERS"]
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    num_frames: int
-    height: int
+    num_frames: int  # frames on the sampling timeline (the file's frames; see timeline)
+    height: int  # coded frame size: what ``decode`` returns, before any rotation
     width: int
-    fps: float = 0.0  # average frame rate: maps manifest start/end times to frame numbers
+    fps: float = 0.0  # frame rate (mean rate if variable): maps manifest times to frames
     codec: str = ""  # FFmpeg codec name (h264, hevc, vp9, ...): lets a backend refuse early
+    rotation: int = 0  # degrees counter-clockwise that show frames upright (0/90/180/270)
+    # Variable frame rate only: (num_frames,) file frame shown at each tick of a
+    # constant-rate grid; samples are planned on the grid and decoded through this map.
+    timeline: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(height, width) as displayed, after the rotation."""
+        return (self.width, self.height) if self.rotation % 180 else (self.height, self.width)
+
+    @classmethod
+    def from_index(cls, index: FrameIndex) -> "VideoInfo":
+        return cls(len(index.pts), index.height, index.width, index.fps, index.codec,
+                   index.rotation, index.timeline)
 
 
 class VideoDecoder(Protocol):
@@ -60,20 +60,6 @@ class VideoDecoder(Protocol):
     def decode(self, path: Path, frame_indices: Sequence[int]) -> np.ndarray:
         """(len(frame_indices), H, W, 3) uint8 RGB; indices may repeat, in any order."""
         ...
-
-
-@dataclass(frozen=True)
-class _FrameIndex:
-    pts: np.ndarray  # (N,) int64 presentation timestamps, sorted: pts[i] is frame i
-    key_pts: np.ndarray  # (K,) int64 timestamps of keyframes, sorted
-    height: int
-    width: int
-    fps: float
-    codec: str
-
-
-# FFmpeg reports broken files through several exception types.
-_READ_ERRORS = (av.error.FFmpegError, OSError, ValueError, IndexError, RuntimeError)
 
 
 class PyAVDecoder:
@@ -85,11 +71,10 @@ class PyAVDecoder:
         self.frames_decoded = 0  # frames the codec produced: lets tests check we stop early
 
     def probe(self, path: Path) -> VideoInfo:
-        index = self._index(path)
-        return VideoInfo(len(index.pts), index.height, index.width, index.fps, index.codec)
+        return VideoInfo.from_index(self.frame_index(path))
 
     def decode(self, path: Path, frame_indices: Sequence[int]) -> np.ndarray:
-        index = self._index(path)
+        index = self.frame_index(path)
         wanted = np.asarray(frame_indices, dtype=np.int64)  # (T,)
         if wanted.size == 0 or wanted.min() < 0 or wanted.max() >= len(index.pts):
             raise IndexError(f"{path}: frame indices {wanted.tolist()} outside "
@@ -98,19 +83,23 @@ class PyAVDecoder:
         # Seek to the last keyframe at or before the first wanted frame; if the
         # container's seek lands late (some formats seek by decode time), start over.
         key = index.key_pts[index.key_pts <= targets[0]]
-        frames = self._decode_range(path, targets, int(key[-1]) if key.size else None)
+        size = dict(width=index.width, height=index.height)  # a mid-stream size change is resized
+        frames = self._decode_range(path, targets, int(key[-1]) if key.size else None, size)
         if len(frames) < len(targets):
-            frames = self._decode_range(path, targets, None)
+            frames = self._decode_range(path, targets, None, size)
         if len(frames) < len(targets):
             raise DecodeError(f"{path}: decoded {len(frames)} of the {len(targets)} frames "
                               "its packet index lists")
-        try:
-            return np.stack([frames[int(t)] for t in index.pts[wanted]])  # (T, H, W, 3)
-        except ValueError as err:  # frame size changes mid-stream
-            raise DecodeError(f"{path}: {err}") from None
+        return np.stack([frames[int(t)] for t in index.pts[wanted]])  # (T, H, W, 3)
 
-    def _decode_range(self, path: Path, targets: np.ndarray, seek_pts: int | None) -> dict:
-        """{pts: (H, W, 3) uint8} for the ``targets`` met decoding from ``seek_pts`` on."""
+    def _decode_range(self, path: Path, targets: np.ndarray, seek_pts: int | None,
+                      size: dict) -> dict:
+        """{pts: (H, W, 3) uint8} for the ``targets`` met decoding from ``seek_pts`` on.
+
+        A packet that is not a target is decoded with ``skip_frame=NONREF``: FFmpeg then
+        drops it if no other frame refers to it (H.264/HEVC non-reference B-frames, half
+        the frames of an x264 stream), which cannot change any frame that is kept.
+        """
         wanted, last = set(targets.tolist()), int(targets[-1])
         frames: dict[int, np.ndarray] = {}
         try:
@@ -118,67 +107,45 @@ class PyAVDecoder:
                 stream = container.streams.video[0]
                 if seek_pts is not None:
                     container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
-                for frame in container.decode(stream):
-                    self.frames_decoded += 1
-                    pts = frame.pts if frame.pts is not None else frame.dts
-                    if pts in wanted:
-                        frames[pts] = frame.to_ndarray(format="rgb24")
-                    if len(frames) == len(wanted) or (pts is not None and pts > last):
+                for packet in container.demux(stream):  # ends with an empty packet: flush
+                    stamp = packet.pts if packet.pts is not None else packet.dts
+                    wanted_packet = packet.size == 0 or stamp in wanted
+                    stream.codec_context.skip_frame = "DEFAULT" if wanted_packet else "NONREF"
+                    if self._keep(packet.decode(), wanted, last, frames, size):
                         break  # frames come out in presentation order: nothing later is needed
-        except _READ_ERRORS as err:
+        except READ_ERRORS as err:
             raise DecodeError(f"{path}: {type(err).__name__}: {err}") from None
         return frames
 
-    def _index(self, path: Path) -> _FrameIndex:
+    def _keep(self, decoded, wanted: set, last: int, frames: dict, size: dict) -> bool:
+        """Convert the wanted ones of ``decoded`` into ``frames``; True when done."""
+        for frame in decoded:
+            self.frames_decoded += 1
+            pts = frame.pts if frame.pts is not None else frame.dts
+            if pts in wanted:
+                frames[pts] = frame.to_ndarray(format="rgb24", **size)
+            if len(frames) == len(wanted) or (pts is not None and pts > last):
+                return True
+        return False
+
+    def frame_index(self, path: Path) -> FrameIndex:
+        """The file's ``FrameIndex``, read on first use and cached."""
         key = str(path)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        index = _read_index(path)
+        index = read_index(path)
         self._cache[key] = index
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return index
 
 
-def _read_index(path: Path) -> _FrameIndex:
-    """Timestamps of every frame and keyframe, from the packets alone (no decoding)."""
-    pts, key_pts = [], []
-    if media_size(path) == 0:
-        raise EmptyFile(f"{path}: empty file (0 bytes)")
-    try:
-        with av.open(open_media(path)) as container:
-            if not container.streams.video:
-                raise NoVideoStream(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            height, width = stream.codec_context.height, stream.codec_context.width
-            rate = stream.average_rate or stream.guessed_rate or 0
-            codec, stream_frames = stream.codec_context.name, stream.frames
-            for packet in container.demux(stream):
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if packet.size == 0 or stamp is None:  # flush packets carry no frame
-                    continue
-                pts.append(stamp)
-                if packet.is_keyframe:
-                    key_pts.append(stamp)
-    except DecodeError:
-        raise
-    except _READ_ERRORS as err:
-        raise DecodeError(f"{path}: {type(err).__name__}: {err}") from None
-    if stream_frames and len(pts) < stream_frames:  # the header promised more than the file holds
-        raise DecodeError(f"{path}: truncated: {len(pts)} of {stream_frames} frames present")
-    if height <= 0 or width <= 0:
-        raise DecodeError(f"{path}: video stream reports size {width}x{height}")
-    return _FrameIndex(np.sort(np.asarray(pts, dtype=np.int64)),
-                       np.sort(np.asarray(key_pts, dtype=np.int64)), height, width,
-                       float(rate), codec)
-
-
 DECODERS = ("auto", "dali", "pyav")  # the values of data.decoder
 
 
 def build_decoder(name: str) -> VideoDecoder:
-    """The decoder backend named by ``data.decoder`` (``auto``: see ``dali.pick_backend``)."""
+    """The decoder backend named by ``data.decoder`` (``auto``: see ``dali.AutoDecoder``)."""
     from megavid.data import dali  # DALI itself is imported lazily there
 
     if name not in DECODERS:

@@ -27,13 +27,20 @@ log = logging.getLogger(__name__)
 
 DEMO_SEED = 0  # the demo clips are a fixed dataset: the same whatever --seed a run uses
 SKIP_REASONS = ("skipped_corrupt", "skipped_empty", "skipped_no_video", "skipped_too_short",
-                "skipped_unsupported_codec")
-# skipped_*: distinct files skipped for that reason; the rest count samples.
-STAT_KEYS = ("clips", *SKIP_REASONS, "replaced", "stride_lowered", "padded_short")
+                "skipped_too_small", "skipped_truncated", "skipped_unsupported_codec")
+# Policies that keep a file usable (see dataset.py); like stride_lowered and padded_short
+# they count samples, so counting them needs no memory of which files were met.
+POLICY_NOTES = ("vfr_resampled", "rotated_upright", "odd_size_resized")
+# skipped_*: distinct files skipped for that reason (what is wrong with the data); the rest
+# count samples: clips handed out, samples moved on to another file, policies applied.
+FILE_COUNTERS = SKIP_REASONS
+STAT_KEYS = ("clips", *SKIP_REASONS, "replaced", *POLICY_NOTES, "stride_lowered",
+             "padded_short")
 
 
 class VideoLoader(StreamPosition):
-    """Endless, resumable iterator of {"video": (b, T, S, S, 3), "index": (b,)} micro-batches."""
+    """Endless, resumable iterator of {"video": (b, T, S, S, 3), "index": (b,), "label": (b,)}
+    micro-batches (label -1: none)."""
 
     def __init__(self, dataset: VideoClipDataset, *, global_batch_size: int,
                  micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int,
@@ -42,7 +49,8 @@ class VideoLoader(StreamPosition):
                          dp_rank=dp_rank, dp_size=dp_size, start_step=start_step)
         self.dataset, self.num_workers, self.seed = dataset, num_workers, seed
         self.stats = dict.fromkeys(STAT_KEYS, 0)
-        self._warned: set[str] = set()
+        self.file_events: list[tuple[str, str]] = []  # (counter, file), each pair once, in order
+        self._seen: set[tuple[str, str]] = set()
 
     def __iter__(self):
         sampler = MicroBatchSampler(start=self.consumed, **self.layout)
@@ -62,16 +70,18 @@ class VideoLoader(StreamPosition):
             yield batch
 
     def _count(self, events: list[tuple[str, str]]) -> None:
-        """Add workers' events to ``stats``; count and warn once per skipped file."""
+        """Add workers' events to ``stats``: skips once per file (with a warning), the
+        rest once per sample."""
         for reason, path in events:
-            if not reason.startswith("skipped"):
+            if reason not in FILE_COUNTERS:
                 self.stats[reason] = self.stats.get(reason, 0) + 1
                 continue
-            self.stats["replaced"] += 1  # a sample that moved on to the next file
-            if path not in self._warned:  # skipped_*: count files, not the samples they cost
-                self._warned.add(path)
-                self.stats[reason] = self.stats.get(reason, 0) + 1
-                log.warning("data: %s %s; its samples are replaced by the next video", reason, path)
+            if (reason, path) in self._seen:
+                continue
+            self._seen.add((reason, path))
+            self.file_events.append((reason, path))
+            self.stats[reason] = self.stats.get(reason, 0) + 1
+            log.warning("data: %s %s; its samples are replaced by the next video", reason, path)
 
 
 def _init_worker(_worker_id: int) -> None:

@@ -3,17 +3,19 @@
 Raw videos are variable-frame-rate, long-GOP and large, which makes random
 frame access slow and ``frame i`` mean different times in different files.
 This tool re-encodes each video with PyAV to a constant frame rate, a short GOP
-(cheap seeks) and a fixed short side, and packs the results into uncompressed
-tar shards in the webdataset layout (``shard-000000.tar`` holding
-``<key>.mp4``/``.webm`` + ``<key>.json``) plus ``index.json`` listing every
-shard, sample and skipped input with its reason. Keys and shard contents depend
-only on the sorted input list, never on ``--workers``.
+(cheap seeks), upright frames (a display rotation is applied) and a fixed short
+side, and packs the results into uncompressed tar shards in the webdataset
+layout (``shard-000000.tar`` holding ``<key>.mp4``/``.webm`` + ``<key>.json``)
+plus ``index.json`` listing every shard, sample and skipped input with its
+reason. Keys and shard contents depend only on the sorted input list, never on
+``--workers``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -24,7 +26,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import av
+import numpy as np
 
+from megavid.data.frame_index import quarter_turns
 from megavid.data.sources import list_videos
 
 _EPS = 1e-3  # seconds: timestamps are rounded to the container time base
@@ -89,22 +93,27 @@ def transcode(job: tuple[str, str, str, Options, str]) -> Result:
 
 def _encode(src, out: Path, opts: Options) -> dict:
     """Resample to constant ``opts.fps`` (each output tick shows the latest source frame),
-    resize and encode; returns the clip's metadata."""
+    turn upright (display rotation), resize and encode; returns the clip's metadata."""
     stream = src.streams.video[0]
     stream.thread_count = 1
-    height, width = output_size(stream.codec_context.height, stream.codec_context.width,
-                                opts.short_side)
+    decoded = src.decode(stream)
+    first = next(decoded, None)
+    if first is None:
+        raise ValueError("no decodable video frame")
+    turns = quarter_turns(first.rotation)  # the shards hold upright frames, no display matrix
+    coded = (stream.codec_context.height, stream.codec_context.width)
+    height, width = output_size(*(coded[::-1] if turns % 2 else coded), opts.short_side)
     rate = Fraction(opts.fps).limit_denominator(1001)
     source_frames, written, prev, t0 = 0, 0, None, None
     with av.open(str(out), "w") as dst:
         enc = _add_encoder(dst, opts, rate, height, width)
-        for frame in src.decode(stream):
+        for frame in itertools.chain([first], decoded):
             t = float(frame.time if frame.time is not None else source_frames / float(rate))
             t0 = t if t0 is None else t0
             while prev is not None and written / rate < t - t0 - _EPS:
                 written = _write(dst, enc, prev, written)
-            prev, source_frames = frame.reformat(width=width, height=height, format="yuv420p"), \
-                source_frames + 1
+            prev = _upright(frame, turns).reformat(width=width, height=height, format="yuv420p")
+            source_frames += 1
         src_rate = float(stream.average_rate or rate)
         end = (t - t0 + 1 / src_rate) if prev is not None else 0.0
         while prev is not None and written / rate < end - _EPS:  # hold the last frame its duration
@@ -112,7 +121,15 @@ def _encode(src, out: Path, opts: Options) -> dict:
         dst.mux(enc.encode(None))
     return {"num_frames": written, "fps": float(rate), "height": height, "width": width,
             "codec": opts.codec, "gop": opts.gop, "source_frames": source_frames,
-            "source_fps": src_rate}
+            "source_fps": src_rate, "source_rotation": turns * 90}
+
+
+def _upright(frame, turns: int):
+    """The frame turned ``turns`` quarter turns counter-clockwise (as a player shows it)."""
+    if not turns:
+        return frame
+    pixels = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))
+    return av.VideoFrame.from_ndarray(pixels, format="rgb24")
 
 
 def _add_encoder(dst, opts: Options, rate: Fraction, height: int, width: int):

@@ -8,16 +8,22 @@ depend on where the bytes live. Detection is by what ``data.path`` is:
   manifest's folder unless absolute), optional ``start``/``end`` seconds and ``label``;
 * a folder holding ``index.json`` or ``*.tar``: shards written by ``megavid.data.prepare``;
 * any other folder: every video under it, recursively.
+
+A path a manifest lists, or a shard ``index.json`` lists, that does not exist stops
+the run at start-up with the path: a typo must not quietly become a skipped file.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from megavid.config import ConfigError
 from megavid.data.media import Media, TarMember
@@ -76,7 +82,18 @@ def read_manifest(manifest: Path) -> list[Clip]:
     clips = [_manifest_clip(manifest, n, row) for n, row in enumerate(rows, 1)]
     if not clips:
         raise ConfigError(f"data.path (--data): manifest {manifest} lists no clips")
+    _check_exist(manifest, [(n, c.media) for n, c in enumerate(clips, 1)])
     return clips
+
+
+def _check_exist(listing: Path, entries: list[tuple[int, Path]]) -> None:
+    """ConfigError naming the first missing files (entry numbers are 1-based)."""
+    missing = [(n, path) for n, path in entries if not os.path.isfile(path)]
+    if missing:
+        shown = "; ".join(f"entry {n}: {path}" for n, path in missing[:5])
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ConfigError(f"data.path (--data): {listing} lists {len(missing)} file(s) that do "
+                          f"not exist: {shown}{more}")
 
 
 def _manifest_clip(manifest: Path, line: int, row: dict) -> Clip:
@@ -95,8 +112,15 @@ def _manifest_clip(manifest: Path, line: int, row: dict) -> Clip:
 
 
 def list_shards(folder: Path) -> list[Clip]:
-    """The videos inside ``shard-*.tar`` files (webdataset layout), shard by shard."""
-    shards = sorted(folder.glob("*.tar"))
+    """The videos inside ``shard-*.tar`` files (webdataset layout), shard by shard: those
+    ``index.json`` lists when there is one, else every ``*.tar`` in the folder."""
+    index = folder / "index.json"
+    if index.is_file():
+        listed = [s["name"] for s in json.loads(index.read_text()).get("shards", [])]
+        shards = [folder / name for name in listed]
+        _check_exist(index, list(enumerate(shards, 1)))
+    else:
+        shards = sorted(folder.glob("*.tar"))
     if not shards:
         raise ConfigError(f"data.path (--data): {folder} has an index.json but no *.tar shards; "
                           "re-run `python -m megavid.data.prepare`")
@@ -108,3 +132,20 @@ def list_shards(folder: Path) -> list[Clip]:
     if not clips:
         raise ConfigError(f"data.path (--data): no videos inside the shards in {folder}")
     return clips
+
+
+def label_ids(clips: list[Clip]) -> tuple[np.ndarray, list[str]]:
+    """(N,) int64 class ids of the clips' labels, and the names of string labels.
+
+    Labels that are all integers are used as they are; otherwise each distinct label
+    is numbered in sorted order (``names[id]`` is its label). No label -> -1.
+    """
+    present = sorted({c.label for c in clips if c.label is not None})
+    try:
+        ids = {label: int(label) for label in present}
+        names: list[str] = []
+    except ValueError:
+        ids = {label: k for k, label in enumerate(present)}
+        names = present
+    return np.array([-1 if c.label is None else ids[c.label] for c in clips],
+                    dtype=np.int64), names

@@ -13,7 +13,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megavid.config import ConfigError, RunConfig
+from megavid.config import ConfigError, ModelConfig, RunConfig
 from megavid.models.layer_specs import get_layer_spec, transformer_engine_available
 from megavid.models.mae import VideoMAEChunk
 from megavid.models.masking import num_visible
@@ -46,6 +46,11 @@ def chunk_ranges(total_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
     return [(c * size, (c + 1) * size) for c in range(chunks)]
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (JAX/Flax's ``nn.gelu`` default, used by 4DS)."""
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
 def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
                        total_layers: int) -> TransformerConfig:
     """A megatron-core TransformerConfig for one of the two stacks."""
@@ -67,9 +72,9 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
         ffn_hidden_size=ffn,
         num_attention_heads=heads,
         add_bias_linear=True,
-        add_qkv_bias=True,
+        add_qkv_bias=cfg.model.qkv_bias != "none",  # "none": see layer_specs._without_bias
         gated_linear_unit=False,
-        activation_func=torch.nn.functional.gelu,
+        activation_func=gelu_tanh if cfg.model.gelu == "tanh" else torch.nn.functional.gelu,
         normalization="LayerNorm",
         layernorm_epsilon=cfg.model.layernorm_epsilon,
         hidden_dropout=0.0,
@@ -117,8 +122,10 @@ def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[Vi
     dec_cfg = transformer_config(cfg, width=arch.decoder_hidden_size,
                                  ffn=arch.decoder_ffn_hidden_size,
                                  heads=arch.decoder_num_attention_heads, total_layers=total)
-    enc_spec = get_layer_spec(backend, padding_mask=k % pad_multiple != 0)
-    dec_spec = get_layer_spec(backend, padding_mask=arch.num_tokens % pad_multiple != 0)
+    qkv_bias = cfg.model.qkv_bias
+    enc_spec = get_layer_spec(backend, padding_mask=k % pad_multiple != 0, qkv_bias=qkv_bias)
+    dec_spec = get_layer_spec(backend, padding_mask=arch.num_tokens % pad_multiple != 0,
+                              qkv_bias=qkv_bias)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     chunks = []
     for v in range(vpp):
@@ -126,7 +133,33 @@ def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[Vi
         chunks.append(VideoMAEChunk(
             arch=arch, encoder_config=enc_cfg, decoder_config=dec_cfg,
             encoder_spec=enc_spec, decoder_spec=dec_spec, first=first, last=last,
-            encoder_final_norm=cfg.model.encoder_final_norm, pad_multiple=pad_multiple,
+            model_cfg=cfg.model, pad_multiple=pad_multiple,
             vp_stage=v if vpp > 1 else None, kernel_backend=cfg.model.kernels,
         ))
     return chunks
+
+
+def build_encoder_chunk(model_cfg: ModelConfig) -> VideoMAEChunk:
+    """This pipeline rank's part of the encoder alone, for inference (the feature API).
+
+    The layout is megatron-core's current parallel state: the encoder's layers are
+    cut into ``pp`` equal contiguous parts, each TP-sharded; no sequence
+    parallelism, no decoder. Uses the local layer spec, whose parameter names the
+    converters and ``load_layout_free_state`` speak.
+    """
+    arch = model_cfg.resolved_arch()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    if arch.num_layers % pp:
+        raise ConfigError(f"pipeline size {pp} does not divide the encoder's {arch.num_layers} "
+                          "layers; pick one that does")
+    cfg = RunConfig(model=model_cfg)
+    cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
+    config = transformer_config(cfg, width=arch.hidden_size, ffn=arch.ffn_hidden_size,
+                                heads=arch.num_attention_heads, total_layers=arch.num_layers)
+    spec = get_layer_spec("local", padding_mask=False, qkv_bias=model_cfg.qkv_bias)
+    size = arch.num_layers // pp
+    first = parallel_state.get_pipeline_model_parallel_rank() * size
+    return VideoMAEChunk(arch=arch, encoder_config=config, decoder_config=config,
+                         encoder_spec=spec, decoder_spec=spec, first=first, last=first + size,
+                         model_cfg=model_cfg, pad_multiple=1, kernel_backend="torch")

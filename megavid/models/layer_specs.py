@@ -4,7 +4,8 @@ One builder, two backends that build the same tree: ``local`` (plain PyTorch
 and megatron-core's tensor-parallel linears; runs anywhere) and
 ``transformer_engine`` (TE's fused LayerNorm+linear and fused attention, the
 path to FP8). Pre-LN blocks with biases and GELU, no causal mask; a padding mask
-only when sequence-parallel padding needs one.
+only when sequence-parallel padding needs one. ``qkv_bias="none"`` builds the
+fused q/k/v projection without a bias while the other linears keep theirs.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def get_layer_spec(backend: str, *, padding_mask: bool) -> ModuleSpec:
+def get_layer_spec(backend: str, *, padding_mask: bool, qkv_bias: str = "qkv") -> ModuleSpec:
     """A ``TransformerLayer`` spec for ``backend`` (``local``/``transformer_engine``)."""
     mask_type = AttnMaskType.padding if padding_mask else AttnMaskType.no_mask
+    spec = None
     if backend == "local":
-        return _local_spec(mask_type)
+        spec = _local_spec(mask_type)
     if backend == "transformer_engine":
         if not transformer_engine_available():
             raise ConfigError(
@@ -45,8 +47,27 @@ def get_layer_spec(backend: str, *, padding_mask: bool) -> ModuleSpec:
                 "(pip install 'megavid[te]' on a CUDA machine, or use NVIDIA's PyTorch "
                 "container); use transformer_impl=local otherwise"
             )
-        return _te_spec(mask_type)
-    raise ConfigError(f"model.transformer_impl: {backend!r} is not one of {BACKENDS}")
+        spec = _te_spec(mask_type)
+    if spec is None:
+        raise ConfigError(f"model.transformer_impl: {backend!r} is not one of {BACKENDS}")
+    if qkv_bias == "none":
+        attention = spec.submodules.self_attention.submodules
+        attention.linear_qkv = _without_bias(attention.linear_qkv)
+    return spec
+
+
+def _without_bias(linear):
+    """``linear`` built without a bias whatever megatron's config asks for.
+
+    megatron-core gives linear_qkv a bias whenever the other linears have one
+    (``add_bias_linear or add_qkv_bias``); an unbiased q/k/v next to biased
+    projections and MLP needs the choice made here.
+    """
+    def build(*args, bias, **kwargs):
+        return linear(*args, bias=False, **kwargs)
+
+    build.__name__ = f"{linear.__name__}WithoutBias"
+    return build
 
 
 def _local_spec(mask_type: AttnMaskType) -> ModuleSpec:

@@ -4,8 +4,8 @@ The model is one sequence of ``Le + Ld`` transformer layers: the encoder (on
 visible tubelets only) followed by the MAE decoder (on all tubelets). A chunk
 owns a contiguous range of it and the pieces around its ends:
 
-- ``pre_process`` (first chunk): tubelet embedding, position embedding, gather
-  of the visible tokens;
+- ``pre_process`` (first chunk): optional pixel normalisation, tubelet
+  embedding, position embedding, gather of the visible tokens;
 - the transition (the chunk holding decoder layer 0): optional encoder norm,
   projection to the decoder width, mask tokens scattered in, decoder position
   embedding;
@@ -19,6 +19,10 @@ Sequence parallelism shards ``s`` over the TP group, so ``s`` is zero-padded
 to a multiple of the TP size: 4DS's 79 visible tokens become 80 at TP=2 and
 TP=8; padded keys are masked out of attention and padded outputs dropped, so
 the result is exactly that of the unpadded model.
+
+The architecture options of ``ModelConfig`` (GELU flavour, q/k/v biases,
+learned or sinusoidal position embeddings, final norms, pixel normalisation)
+cover 4DS and VideoMAE; ``megavid.tools.convert`` maps their weights here.
 """
 
 from __future__ import annotations
@@ -42,8 +46,41 @@ from megatron.core.transformer.utils import (
 from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 
 import kernels
+from megavid.config import ModelConfig
 from megavid.models.norm import LayerNorm
+from megavid.models.posembed import sincos_table
 from megavid.models.presets import ModelArch
+
+# Layout-free names of the MAE decoder's tensors (absent from encoder-only weights)
+DECODER_PREFIXES = ("decoder_embed.", "mask_token", "decoder_pos_embed", "decoder.",
+                    "decoder_norm.", "head.")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def qkv_bias_mask(num_heads: int, head_dim: int) -> torch.Tensor:
+    """(3 * heads * head_dim,) 1 on q and v, 0 on k, in megatron's fused qkv row order.
+
+    megatron-core's linear_qkv rows are interleaved per head (one query group per
+    head): ``[q_0, k_0, v_0, q_1, k_1, v_1, ...]``, each ``head_dim`` long; TP
+    splits them contiguously, i.e. by whole heads.
+    """
+    one = torch.ones(head_dim)
+    return torch.cat([one, torch.zeros(head_dim), one]).repeat(num_heads)
+
+
+def _fix_k_bias_at_zero(linear_qkv, num_heads: int, head_dim: int) -> None:
+    """``qkv_bias="qv"``: the k slice of the fused bias gets no gradient, so it stays 0.
+
+    A k bias adds ``q . b_k`` to every score of a query alike, so the softmax
+    ignores it and its true gradient is 0; masking the gradient also removes
+    rounding noise that Adam would otherwise amplify into updates.
+    """
+    bias = linear_qkv.bias
+    mask = qkv_bias_mask(num_heads, head_dim).to(device=bias.device, dtype=bias.dtype)
+    with torch.no_grad():
+        bias.mul_(mask)
+    bias.register_hook(lambda grad: grad * mask.to(device=grad.device, dtype=grad.dtype))
 
 
 def _block(config: TransformerConfig, spec: ModuleSpec, n: int, first: int, vp_stage):
@@ -77,7 +114,7 @@ class VideoMAEChunk(MegatronModule):
         decoder_spec: ModuleSpec,
         first: int,
         last: int,
-        encoder_final_norm: bool,
+        model_cfg: ModelConfig,
         pad_multiple: int,
         vp_stage: int | None = None,
         kernel_backend: str = "torch",
@@ -96,28 +133,48 @@ class VideoMAEChunk(MegatronModule):
         self.kernel_backend = kernel_backend  # kernels/: Triton or the PyTorch reference
         self.vp_stage = vp_stage  # read by megatron-core's Float16Module
         self.input_tensor = None
+        self.model_cfg = model_cfg
         d, dd, n, p = arch.hidden_size, arch.decoder_hidden_size, arch.num_tokens, arch.patch_dim
 
         if self.pre_process:
             self.patch_embed = torch.nn.Linear(p, d)  # == Conv3d(kernel=stride=tubelet)
-            self.pos_embed = torch.nn.Parameter(torch.zeros(n, d))
+            self._position_table("pos_embed", n, d)
+            imagenet = model_cfg.pixel_norm == "imagenet"
+            for name, value in (("pixel_mean", IMAGENET_MEAN), ("pixel_std", IMAGENET_STD)):
+                self.register_buffer(name, torch.tensor(value) if imagenet else None,
+                                     persistent=False)
         self.encoder = _block(encoder_config, encoder_spec,
                               max(0, min(last, num_enc) - first), self.first_encoder_layer,
                               vp_stage)
         if self.has_transition:
-            if encoder_final_norm:
+            if model_cfg.encoder_final_norm:
                 self.encoder_norm = LayerNorm(encoder_config, d, encoder_config.layernorm_epsilon)
             else:
                 self.encoder_norm = None
-            self.decoder_embed = torch.nn.Linear(d, dd)
+            self.decoder_embed = torch.nn.Linear(d, dd, bias=model_cfg.decoder_embed_bias)
             self.mask_token = torch.nn.Parameter(torch.zeros(dd))
-            self.decoder_pos_embed = torch.nn.Parameter(torch.zeros(n, dd))
+            self._position_table("decoder_pos_embed", n, dd)
         self.decoder = _block(decoder_config, decoder_spec,
                               max(0, last - max(first, num_enc)), self.first_decoder_layer,
                               vp_stage)
         if self.post_process:
-            self.decoder_norm = LayerNorm(decoder_config, dd, decoder_config.layernorm_epsilon)
+            eps = model_cfg.decoder_norm_epsilon or decoder_config.layernorm_epsilon
+            self.decoder_norm = LayerNorm(decoder_config, dd, eps)
             self.head = torch.nn.Linear(dd, p)
+        if model_cfg.qkv_bias == "qv":
+            for block in (self.encoder, self.decoder):
+                for layer in block.layers if block is not None else ():
+                    attention = layer.self_attention
+                    _fix_k_bias_at_zero(attention.linear_qkv,
+                                        attention.num_attention_heads_per_partition,
+                                        attention.hidden_size_per_attention_head)
+
+    def _position_table(self, name: str, n: int, width: int) -> None:
+        """A learned (N, width) parameter, or the fixed sinusoids as a non-checkpointed buffer."""
+        if self.model_cfg.pos_embed == "sincos":
+            self.register_buffer(name, sincos_table(n, width), persistent=False)
+        else:
+            self.register_parameter(name, torch.nn.Parameter(torch.zeros(n, width)))
 
     def set_input_tensor(self, input_tensor) -> None:
         """Pipeline hook: the previous chunk's output, [s, b, h]."""
@@ -188,6 +245,16 @@ class VideoMAEChunk(MegatronModule):
         return x[:s].transpose(0, 1)
 
     # -- forward ----------------------------------------------------------
+    def embed(self, video: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H, W, C), (B, K) -> (B, K, D) embedded tokens; ``ids_keep=None``: all N."""
+        if self.pixel_mean is not None:
+            video = (video - self.pixel_mean) / self.pixel_std
+        visible = kernels.patchify_gather(video, self.arch.tubelet, ids_keep,
+                                          backend=self.kernel_backend)  # (B, K, P)
+        pos = self.pos_embed if ids_keep is None else self.pos_embed[ids_keep]
+        x = self.patch_embed(visible)  # (B, K, D)
+        return x + pos.to(x.dtype)
+
     def forward(self, video: torch.Tensor | None, ids_keep: torch.Tensor) -> torch.Tensor:
         """video (B, T, H, W, C) on the first chunk; ids_keep (B, K) everywhere.
 
@@ -197,10 +264,7 @@ class VideoMAEChunk(MegatronModule):
         b, k = ids_keep.shape
         n = self.arch.num_tokens
         if self.pre_process:
-            visible = kernels.patchify_gather(video, self.arch.tubelet, ids_keep,
-                                              backend=self.kernel_backend)  # (B, K, P)
-            x = self.patch_embed(visible) + self.pos_embed[ids_keep]  # (B, K, D)
-            hidden = self._to_stack(x)  # [K_pad(/tp), B, D]
+            hidden = self._to_stack(self.embed(video, ids_keep))  # [K_pad(/tp), B, D]
         else:
             hidden = self.input_tensor
         if self.encoder is not None:

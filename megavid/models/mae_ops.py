@@ -57,6 +57,21 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (patches - mean) / (var + eps).sqrt()
 
 
+def normalize_patches_per_channel(patches: torch.Tensor, channels: int,
+                                  eps: float = 1e-6) -> torch.Tensor:
+    """VideoMAE's ``norm_pix_loss`` target: per tubelet *and channel*, (x - mean) / (std + eps).
+
+    (B, N, t*h*w*C) in (t, h, w, c) order -> the same shape; the std is unbiased
+    and ``eps`` is added to it (MAE's ``normalize_patches`` adds it to the variance
+    and pools the channels).
+    """
+    b, n, p = patches.shape
+    x = patches.reshape(b, n, p // channels, channels)
+    x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+                                              + eps)
+    return x.reshape(b, n, p)
+
+
 def mae_loss(
     pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, *, norm_pix: bool = True
 ) -> torch.Tensor:

@@ -88,6 +88,23 @@ def get_preset(name: str) -> ModelArch:
     return PRESETS[key]
 
 
+def preset_for(arch: ModelArch) -> tuple[str, dict]:
+    """(preset, overrides) that resolve to ``arch``: the preset differing in fewest fields.
+
+    How converters express a model they read as a ``ModelConfig`` (preset + arch).
+    """
+    best = None
+    for name, preset in PRESETS.items():
+        changes = {f.name: getattr(arch, f.name) for f in dataclasses.fields(ModelArch)
+                   if getattr(arch, f.name) != getattr(preset, f.name)}
+        if best is None or len(changes) < len(best[1]):
+            best = (name, changes)
+    name, changes = best
+    if "tubelet" in changes:
+        changes["tubelet"] = list(changes["tubelet"])  # YAML-friendly, as configs write it
+    return name, changes
+
+
 def _stack_parameters(width: int, depth: int, ffn: int) -> int:
     # Per block: qkv + out projections with biases, two MLP linears with biases,
     # two LayerNorms with scale and bias.
@@ -97,20 +114,29 @@ def _stack_parameters(width: int, depth: int, ffn: int) -> int:
     return depth * (attn + mlp + norms)
 
 
-def count_parameters(arch: ModelArch, *, encoder_final_norm: bool = False) -> dict[str, int]:
+def count_parameters(arch: ModelArch, *, encoder_final_norm: bool = False, qkv_bias: str = "qkv",
+                     pos_embed: str = "learned", decoder_embed_bias: bool = True) -> dict[str, int]:
     """Exact parameter counts of the model megavid builds for ``arch``.
 
     Encoder: tubelet embedding, learned position embedding, blocks (and an
     optional final norm). Decoder: input projection, mask token, position
-    embedding, blocks, final norm, pixel head.
+    embedding, blocks, final norm, pixel head. The keywords are the
+    ``ModelConfig`` architecture options that change the count: ``qkv_bias="none"``
+    drops the q/k/v bias (``"qv"`` keeps the fused bias, its k slice fixed at 0),
+    ``pos_embed="sincos"`` makes both position tables fixed buffers.
     """
     d, dd, n, p = arch.hidden_size, arch.decoder_hidden_size, arch.num_tokens, arch.patch_dim
-    encoder = (p * d + d) + n * d + _stack_parameters(d, arch.num_layers, arch.ffn_hidden_size)
-    if encoder_final_norm:
-        encoder += 2 * d
+    learned = pos_embed == "learned"
+    encoder = (p * d + d) + learned * n * d + _stack_parameters(d, arch.num_layers,
+                                                               arch.ffn_hidden_size)
     decoder = (
-        (d * dd + dd) + dd + n * dd
+        (d * dd + decoder_embed_bias * dd) + dd + learned * n * dd
         + _stack_parameters(dd, arch.decoder_num_layers, arch.decoder_ffn_hidden_size)
         + 2 * dd + (dd * p + p)
     )
+    if encoder_final_norm:
+        encoder += 2 * d
+    if qkv_bias == "none":
+        encoder -= 3 * d * arch.num_layers
+        decoder -= 3 * dd * arch.decoder_num_layers
     return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}

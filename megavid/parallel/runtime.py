@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megavid.parallel import cpu_compat
+from megavid.parallel import cpu_compat, host_memory
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ _watchdog_group = None  # a gloo group kept for naming unresponsive ranks after 
 def init_distributed(timeout_minutes: float = 10, env: DistEnv | None = None) -> DistEnv:
     """Start the default process group (idempotent) and the CPU bridge if needed."""
     on_cpu = cpu_compat.install()
+    if on_cpu:
+        host_memory.keep_freed_memory()  # no per-step page faults on CPU runs (see there)
     env = env or read_dist_env()
     if dist.is_initialized():
         return env

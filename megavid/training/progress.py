@@ -46,7 +46,8 @@ class Progress:
             self.console.print(message)
 
     def log_step(self, metrics: dict) -> None:
-        """One optimizer step: ``step``, ``loss``, ``grad_norm``, ``lr``, throughput..."""
+        """One optimizer step: ``step``, ``loss``, ``grad_norm``, ``lr``, throughput... and
+        ``data``, the loader's counters (totals so far, see ``megavid.data.stats``)."""
         if not self.enabled:
             return
         self.history.append(metrics)
@@ -56,8 +57,10 @@ class Progress:
             for key, value in metrics.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self._writer.add_scalar(f"train/{key}", value, step)
+            for key, value in metrics.get("data", {}).items():  # loader counters: data/<name>
+                self._writer.add_scalar(f"data/{key}", value, step)
         if step % self.log_interval == 0 or step == self.total_steps:
-            self.console.print(self._line(metrics))
+            self.console.print(self._line(metrics) + _skips(metrics.get("data", {})))
 
     def _line(self, m: dict) -> str:
         elapsed = time.perf_counter() - self._start
@@ -80,6 +83,16 @@ class Progress:
         if self.plot and self.history:
             path = plot_loss_curve(self.history, self.log_dir / "loss_curve.png")
             self.console.print(f"loss curve: {path}")
+
+
+def _skips(data: dict) -> str:
+    """`` | skipped 3 files: corrupt 2, empty 1`` (totals so far), or nothing if none."""
+    skips = {k.removeprefix("skipped_"): v for k, v in data.items()
+             if k.startswith("skipped_") and v}
+    if not skips:
+        return ""
+    return (f" | skipped {sum(skips.values())} files: "
+            + ", ".join(f"{k} {v}" for k, v in skips.items()))
 
 
 def _duration(seconds: float) -> str:

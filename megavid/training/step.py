@@ -9,7 +9,7 @@ from megatron.core.utils import get_attr_wrapped_model
 
 import kernels
 from megavid.config import RunConfig
-from megavid.models.mae_ops import patchify
+from megavid.models.mae_ops import normalize_patches_per_channel, patchify
 from megavid.models.masking import make_masks
 
 
@@ -45,7 +45,11 @@ def make_forward_step(cfg: RunConfig, inject_nan=lambda: False):
         if not chunk.post_process:
             return output, None
         patches = patchify(video, arch.tubelet)  # (B, N, P) targets
-        return output, partial(_loss_func, patches, mask.cuda(non_blocking=True), norm_pix,
-                               cfg.model.kernels, inject_nan())
+        normalise_in_loss = norm_pix
+        if norm_pix and cfg.model.norm_pix_style == "videomae":  # per channel, before the loss
+            patches = normalize_patches_per_channel(patches.float(), arch.channels)
+            normalise_in_loss = False
+        return output, partial(_loss_func, patches, mask.cuda(non_blocking=True),
+                               normalise_in_loss, cfg.model.kernels, inject_nan())
 
     return forward_step

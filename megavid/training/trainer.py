@@ -18,6 +18,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megavid.config import RunConfig
 from megavid.data.mock import MockLoader
+from megavid.data.stats import DataStats
 from megavid.models.builder import build_model_chunks
 from megavid.models.masking import num_visible
 from megavid.parallel import runtime
@@ -95,6 +96,8 @@ class Trainer:
             dp_rank=parallel_state.get_data_parallel_rank(), dp_size=layout.dp,
             seed=cfg.train.seed,
         )
+        # Skip counts for the log, summed over the replicas' loaders (each file counted once).
+        self.data_stats = DataStats(self.loader, parallel_state.get_data_parallel_group())
 
         # Resume: model, optimizer, schedule, loader position, counters.
         self.step = 0
@@ -212,6 +215,7 @@ class Trainer:
             "mfu": per_device / peak if peak and not math.isnan(peak) else float("nan"),
             "step_time_s": elapsed,
             "skipped": skipped,
+            **self.data_stats.metrics(),  # "data": loader counters (a DP collective)
         }
 
     def _watch_loss(self, metrics: dict) -> None:

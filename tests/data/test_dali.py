@@ -11,7 +11,8 @@ import pytest
 from megavid.config import ConfigError
 from megavid.data import dali
 from megavid.data.decode import UnsupportedCodec, build_decoder
-from tests.data.helpers import make_loader, ramp_frames, take, write_video
+from tests.data.helpers import (make_loader, moving_frames, ramp_frames, take,
+                                write_rotated_video, write_video)
 
 needs_dali = pytest.mark.skipif(not dali.dali_available(), reason="DALI not installed "
                                 "(pip install nvidia-dali-cuda120)")
@@ -21,7 +22,7 @@ MEAN_TOL, MAX_TOL = 2.0, 16
 
 
 def full_decode(path) -> np.ndarray:
-    with av.open(str(path)) as container:
+    with av.open(path if hasattr(path, "read") else str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
@@ -82,3 +83,56 @@ def test_dali_requested_but_missing_names_the_field(monkeypatch, tmp_path, caplo
     with caplog.at_level(logging.INFO, logger="megavid.data"):
         auto = build_decoder("auto")
     assert auto.dali is None and "PyAV" in caplog.text
+
+
+def test_segment_holds_only_the_packets_a_clip_needs(tmp_path):
+    """What DALI-CPU is handed: keyframe before the clip .. its last frame, nothing else."""
+    import io
+
+    from megavid.data.decode import PyAVDecoder
+    from megavid.data.frame_index import remux_segment
+
+    clip = write_video(tmp_path / "long.webm", moving_frames(64, 48, 64), gop=8)
+    index = PyAVDecoder().frame_index(clip)
+    wanted = np.array([21, 25, 29, 21])
+    data, first = remux_segment(clip, index, wanted)
+    assert first == 16  # the keyframe before frame 21 (GOP 8)
+    segment = full_decode(io.BytesIO(data))
+    assert len(segment) == 29 - 16 + 1
+    np.testing.assert_array_equal(segment[wanted - first], full_decode(clip)[wanted])
+
+
+@needs_dali
+def test_dali_cpu_decodes_deep_frames_exactly(tmp_path):
+    clip = write_video(tmp_path / "long.webm", moving_frames(64, 48, 64), gop=8)
+    indices = [50, 54, 58, 62, 41]
+    frames = dali.DALIDecoder(device="cpu").decode(clip, indices).astype(int)
+    reference = full_decode(clip).astype(int)
+    for frame, want in zip(frames, indices):
+        assert int(np.abs(reference - frame).mean(axis=(1, 2, 3)).argmin()) == want
+
+
+def test_gpu_decoding_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(dali, "cuda_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device='mixed'.*needs CUDA.*data\.decoder=auto"):
+        dali.DALIDecoder(device="mixed")
+
+
+@pytest.mark.gpu
+@needs_dali
+def test_dali_on_gpu_is_chosen_by_config_and_matches_pyav(tmp_path):
+    """On a CUDA machine data.decoder=dali and =auto both decode with NVDEC (mixed), and the
+    loader's samples match PyAV's, H.264 and a rotated file included (the rotation is applied
+    once, by the dataset, whichever backend decodes)."""
+    assert build_decoder("dali").device == "mixed"
+    assert build_decoder("auto").dali.device == "mixed"
+    for i in range(2):
+        write_video(tmp_path / f"clip_{i}.mp4", ramp_frames(32, 80, 96, seed=i), codec="h264")
+    write_video(tmp_path / "clip_2.webm", ramp_frames(32, 80, 96, seed=2))
+    write_rotated_video(tmp_path / "clip_3.mp4", ramp_frames(32, 80, 96, seed=3), -90,
+                        codec="h264")
+    with_dali = make_loader(tmp_path, decoder="dali")
+    for a, b in zip(take(with_dali, 8), take(make_loader(tmp_path, decoder="pyav"), 8)):
+        assert a["index"].equal(b["index"])
+        assert (a["video"] - b["video"]).abs().mean() < MEAN_TOL / 255
+    assert with_dali.stats["skipped_unsupported_codec"] == 0

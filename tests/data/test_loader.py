@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 import pytest
 import torch
@@ -35,6 +34,20 @@ def test_dp1_and_dp2_see_the_same_samples(video_dir):
     assert all(pixels_dp1[i].equal(pixels_dp2[i]) for i in pixels_dp1)
     assert all(mb["video"].shape == (B, ARCH.num_frames, 64, 64, 3) for mb in dp1)
     assert all(mb["index"].dtype == torch.int64 for mb in dp1)
+
+
+def test_four_dp_ranks_are_disjoint_and_cover_every_epoch(video_dir):
+    """4 DP ranks, 3 steps of 8 = 24 positions = 4 epochs of the 6 videos."""
+    ranks = [make_loader(video_dir, dp_rank=r, dp_size=4) for r in range(4)]
+    seen = [[int(i) for mb in take(loader, 3) for i in mb["index"]] for loader in ranks]
+    for step in range(3):  # rank r holds the r-th quarter of every global batch
+        assert [s[2 * step:2 * step + 2] for s in seen] == \
+            [[8 * step + 2 * r, 8 * step + 2 * r + 1] for r in range(4)]
+    assert sorted(i for s in seen for i in s) == list(range(24))  # disjoint, nothing missed
+    dataset = ranks[0].dataset
+    epochs = [[dataset.plan(p).file_id for p in range(6 * e, 6 * e + 6)] for e in range(4)]
+    assert all(sorted(files) == list(range(6)) for files in epochs)  # each file once per epoch
+    assert len({tuple(files) for files in epochs}) > 1  # reshuffled between epochs
 
 
 def test_pixels_do_not_depend_on_num_workers(video_dir):

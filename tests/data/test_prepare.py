@@ -7,12 +7,15 @@ import json
 import tarfile
 
 import av
+import numpy as np
 import pytest
 
+from megavid.data.decode import PyAVDecoder
 from megavid.data.media import open_media
 from megavid.data.prepare import main
 from megavid.data.sources import list_clips
-from tests.data.helpers import make_loader, ramp_frames, take, write_audio_only, write_video
+from tests.data.helpers import (make_loader, ramp_frames, take, write_audio_only,
+                                write_rotated_video, write_vfr_video, write_video)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,26 @@ def test_loader_reads_prepared_shards(raw_dir, tmp_path):
     batches = take(make_loader(tmp_path / "shards"), 4)
     assert [int(i) for mb in batches for i in mb["index"]] == list(range(8))
     assert batches[0]["video"].shape[1:] == (8, 64, 64, 3)
+
+
+def test_prepare_turns_rotated_and_vfr_sources_upright_and_constant(tmp_path):
+    """A phone's portrait clip (landscape coded, display matrix -90) becomes upright portrait
+    frames with no display matrix; a variable-rate one becomes constant-rate."""
+    src = tmp_path / "src"
+    src.mkdir()
+    frames = np.full((24, 48, 80, 3), 40, dtype=np.uint8)
+    frames[:, :16, :16] = 230  # bright top-left as coded: top-right once upright
+    write_rotated_video(src / "phone.mp4", frames, -90, codec="h264")
+    write_vfr_video(src / "vfr.mp4", ramp_frames(24, 48, 64), [20, 60], codec="h264")
+    index = main([str(src), str(tmp_path / "out"), "--fps", "25", "--short-side", "48",
+                  "--gop", "4", "--shard-size", "4", "--min-frames", "8"])
+    phone, vfr = index["samples"]
+    assert (phone["height"], phone["width"], phone["source_rotation"]) == (80, 48, 270)
+    clips = list_clips(tmp_path / "out")
+    decoder = PyAVDecoder()
+    info = decoder.probe(clips[0].media)
+    assert (info.height, info.width, info.rotation) == (80, 48, 0)
+    upright = decoder.decode(clips[0].media, [0])[0].astype(int)  # (80, 48, 3)
+    assert upright[2:14, -14:-2].mean() > 180 and upright[-20:, :20].mean() < 90
+    assert decoder.probe(clips[1].media).timeline is None  # constant rate now
+    assert vfr["num_frames"] in (23, 24)  # 0.9 s + the last frame's duration, at 25 fps

@@ -71,6 +71,54 @@ def test_manifest_errors_name_the_setting(tmp_path):
         list_clips(bad)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_missing_manifest_path_fails_at_start_up(clips_dir, tmp_path, suffix):
+    rows = [{"path": str(clips_dir / "clip_0.mp4")}, {"path": "typo/clip_9.mp4", "label": "x"}]
+    manifest = write_manifest(tmp_path / f"m{suffix}", rows)
+    missing = str(tmp_path / "typo" / "clip_9.mp4")
+    with pytest.raises(ConfigError, match=rf"data\.path.*1 file\(s\).*entry 2: {missing}"):
+        make_loader(manifest)  # before any worker or decoder exists
+
+
+def test_missing_shard_fails_at_start_up(clips_dir, tmp_path):
+    from megavid.data.prepare import main
+
+    main([str(clips_dir), str(tmp_path / "shards"), "--fps", "12", "--short-side", "48",
+          "--shard-size", "2", "--min-frames", "8"])
+    assert len(list_clips(tmp_path / "shards")) == 4
+    (tmp_path / "shards" / "shard-000001.tar").unlink()
+    with pytest.raises(ConfigError, match=r"index\.json lists 1 file\(s\).*shard-000001\.tar"):
+        make_loader(tmp_path / "shards")
+
+
+def test_labels_travel_in_batches(clips_dir, tmp_path):
+    """Manifest labels come out as batch["label"] (int64) for the clip actually used."""
+    named = write_manifest(tmp_path / "named.jsonl", [
+        {"path": str(clips_dir / f"clip_{i}.mp4"), "label": name}
+        for i, name in enumerate(["dog", "cat", "", "dog"])])
+    loader = make_loader(named)
+    assert loader.dataset.label_names == ["cat", "dog"]
+    assert loader.dataset.labels.tolist() == [1, 0, -1, 1]  # "" = no label = -1
+    for mb in take(loader, 4):
+        files = [loader.dataset.plan(int(i)).file_id for i in mb["index"]]
+        assert mb["label"].dtype == torch.int64
+        assert mb["label"].tolist() == [[1, 0, -1, 1][f] for f in files]
+    numeric = write_manifest(tmp_path / "numeric.csv", [
+        {"path": str(clips_dir / f"clip_{i}.mp4"), "label": 10 + i} for i in range(4)])
+    assert make_loader(numeric).dataset.labels.tolist() == [10, 11, 12, 13]
+    assert take(make_loader(clips_dir), 1)[0]["label"].tolist() == [-1, -1]  # folder: none
+
+
+def test_a_replaced_sample_carries_the_label_of_the_clip_used(clips_dir, tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00garbage" * 100)
+    manifest = write_manifest(tmp_path / "m.jsonl", [
+        {"path": str(tmp_path / "broken.mp4"), "label": 7},
+        {"path": str(clips_dir / "clip_0.mp4"), "label": 3}])
+    loader = make_loader(manifest, global_batch_size=2, micro_batch_size=2)
+    batch = take(loader, 1)[0]  # positions 0 and 1: one lands on the broken file, moves on
+    assert batch["label"].tolist() == [3, 3] and loader.stats["skipped_corrupt"] == 1
+
+
 def test_every_bad_kind_is_skipped_and_counted(tmp_path):
     """Two good VP9 clips, one H.264 (unsupported by DALI-CPU) and one file of each bad kind."""
     write_video(tmp_path / "a_good.webm", ramp_frames(32, 64, 64))

@@ -1,0 +1,207 @@
+"""One evaluation run: encoder -> cached features -> readout training -> metrics, pictures.
+
+``python -m megavid.eval`` parses flags into an ``EvalConfig`` and calls
+``run_eval``; tests call it directly. Under torchrun the readout trains data
+parallel; rank 0 evaluates and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megavid.eval import plots
+from megavid.eval.features import cached_features
+from megavid.eval.tasks import get_task
+from megavid.eval.train import ReadoutConfig, dp_info, predict, train_readout
+
+DEFAULT_FEATURE_CACHE = "~/.cache/megavid/eval-features"
+
+
+@dataclass
+class EvalConfig:
+    task: str  # depth | tracking | pose | boxes
+    source: str  # encoder: a checkpoint path (megavid, 4DS .npz, HF) or a preset name
+    data: str = "synthetic"  # test data: "synthetic" or a path (megavid.eval.datasets)
+    train_data: str | None = None  # readout training data; default: --data's train split
+    depth: float = 0.95  # relative encoder depth the features are read at (4DS: 0.95)
+    out: str | None = None  # run directory; default runs/eval-<task>-<timestamp>/
+    feature_cache: str | None = DEFAULT_FEATURE_CACHE  # None: always run the encoder
+    data_cache: str = "~/.cache/megavid"  # where the synthetic benchmark is generated
+    max_clips: int | None = None  # cap on clips per split (quick looks)
+    synthetic: dict = field(default_factory=dict)  # overrides of SYNTHETIC_DEFAULTS
+    num_queries: int | None = None  # tracking points / boxes per clip
+    num_frames: int | None = None  # run the encoder at this clip length (default: its own)
+    image_size: int | None = None  # ... and this frame size (position table resized)
+    encode_batch: int = 8  # clips per encoder forward
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    pictures: bool = True
+
+
+def _log(message: str) -> None:
+    if dp_info()[0] == 0:
+        print(message, flush=True)
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _barrier() -> None:
+    if dp_info()[1] > 1:
+        dist.barrier()
+
+
+def load_splits(cfg: EvalConfig, arch) -> tuple[list, list]:
+    """(train clips, test clips) fitted to the encoder's clip shape; rank 0 generates first."""
+    from megavid.eval.datasets import load_dataset
+
+    kwargs = dict(num_frames=arch.num_frames, size=arch.image_size, cache_dir=cfg.data_cache,
+                  max_clips=cfg.max_clips, synthetic=cfg.synthetic or None)
+    rank, _ = dp_info()
+    for turn in (0, 1):  # rank 0 alone first: a synthetic set is generated once, not per rank
+        if (rank == 0) == (turn == 0):
+            test = load_dataset(cfg.data, split="test", **kwargs)
+            train = load_dataset(cfg.train_data or cfg.data, split="train", **kwargs)
+        _barrier()
+    world = dp_info()[1]
+    for flag, clips in (("--train-data" if cfg.train_data else "--data", train), ("--data", test)):
+        if len(clips) < world:
+            raise ValueError(f"{flag}: {len(clips)} clips, fewer than the {world} ranks that "
+                             "share them; use fewer processes or more clips")
+    if {c.name for c in train} == {c.name for c in test}:
+        _log(f"warning: {cfg.data} has no separate train split: the readout trains on the "
+             "clips it is evaluated on; pass --train-data for a fair evaluation")
+    return train, test
+
+
+def start_encoder(cfg: EvalConfig, device):
+    """The frozen encoder, whole on every rank (TP = PP = 1: all ranks are data parallel)."""
+    from megatron.core import parallel_state
+
+    from megavid.models import load_encoder
+    from megavid.parallel import runtime
+
+    runtime.init_distributed()
+    if not parallel_state.model_parallel_is_initialized():
+        runtime.init_model_parallel(tp=1, pp=1, vpp=None)
+    return load_encoder(cfg.source, device=device, num_frames=cfg.num_frames,
+                        image_size=cfg.image_size)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Train and evaluate one readout; returns what ``metrics.json`` holds (on rank 0)."""
+    task = get_task(cfg.task, num_queries=cfg.num_queries)
+    device = _device()
+    started = time.perf_counter()
+    encoder = start_encoder(cfg, device)
+    arch = encoder.arch
+    train_clips, test_clips = load_splits(cfg, arch)
+    task.check(train_clips, "--train-data" if cfg.train_data else "--data")
+    task.check(test_clips, "--data")
+    feats, records = {}, {}
+    for split, clips in (("train", train_clips), ("test", test_clips)):
+        feats[split], records[split] = cached_features(
+            lambda _: encoder, cfg.source, clips, depth=cfg.depth, cache_dir=cfg.feature_cache,
+            batch_size=cfg.encode_batch, device=device, log=_log)
+    del encoder
+    seed = cfg.readout.seed
+    targets = {"train": task.targets(train_clips, train=True, seed=seed),
+               "test": task.targets(test_clips, train=False, seed=seed)}
+    torch.manual_seed(seed)  # the same head on every rank (DDP also broadcasts rank 0's)
+    head = task.build_head(feature_dim=feats["train"].shape[-1], num_frames=arch.num_frames,
+                           image_size=arch.image_size, width=cfg.readout.width,
+                           heads=cfg.readout.heads, train_targets=targets["train"])
+    _log(f"readout: {cfg.task} on {len(train_clips)} train / {len(test_clips)} test clips, "
+         f"features {tuple(feats['train'].shape[1:])} at depth {cfg.depth}, "
+         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, "
+         f"{dp_info()[1]} data-parallel rank(s)")
+    history = train_readout(task, head, feats["train"], targets["train"], cfg.readout,
+                            device=device, log=_log)
+    if dp_info()[0] != 0:
+        return {}
+    pred = predict(task, head, feats["test"], targets["test"], device=device)
+    result = {
+        "task": cfg.task, "encoder": cfg.source, "depth": cfg.depth, "data": cfg.data,
+        "train_data": cfg.train_data or cfg.data,
+        "clips": {"train": len(train_clips), "test": len(test_clips)},
+        "arch": {k: getattr(arch, k) for k in ("num_frames", "image_size", "tubelet",
+                                               "hidden_size", "num_layers")},
+        "readout": dataclasses.asdict(cfg.readout), "world_size": dp_info()[1],
+        "metrics": _plain(task.metrics(pred, targets["test"])),
+        "final_train_loss": float(np.mean([h["loss"] for h in history[-10:]])),
+        "features": records, "seconds": round(time.perf_counter() - started, 1),
+    }
+    return write_run(cfg, result, history, test_clips, pred, targets["test"])
+
+
+def run_dir(cfg: EvalConfig) -> Path:
+    return Path(cfg.out) if cfg.out else Path("runs") / time.strftime(
+        f"eval-{cfg.task}-%Y%m%d-%H%M%S")
+
+
+def write_run(cfg: EvalConfig, result: dict, history: list[dict], clips, pred: dict,
+              targets: dict) -> dict:
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "train_log.jsonl").open("w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+    result["pictures"] = [str(p) for p in draw(cfg.task, out, clips, pred, targets)] \
+        if cfg.pictures else []
+    result["run_dir"] = str(out)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_jsonable))
+    headline = {k: v for k, v in result["metrics"].items()  # per-threshold ones: the JSON
+                if isinstance(v, float) and not re.fullmatch(r"(pts_within|jaccard)_\d+", k)}
+    _log("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in headline.items()))
+    _log(f"wrote {out / 'metrics.json'}" + "".join(f", {p}" for p in result["pictures"]))
+    return result
+
+
+def _plain(metrics: dict) -> dict:
+    """Floats stay floats; arrays (e.g. per-frame IoU) become lists with None for NaN."""
+    def value(v):
+        if np.ndim(v) == 0:
+            return float(v)
+        return [None if not np.isfinite(x) else float(x) for x in np.asarray(v).ravel()]
+    return {k: value(v) for k, v in metrics.items()}
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, np.ndarray)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def draw(task: str, out: Path, clips, pred: dict, targets: dict) -> list[Path]:
+    """The task's picture(s) for the first test clips."""
+    videos = np.stack([c.video for c in clips[:4]])
+    if task == "depth":
+        gt = targets["depth"][:4].numpy()
+        return [plots.plot_depth(out / "depth.png", videos, gt, pred["depth"][:4])]
+    if task == "tracking":
+        valid = targets["query_valid"][0].numpy()
+        h, w = targets["size"][0].tolist()
+        gt = targets["xy"][0].numpy()[valid] * np.array([w, h], np.float32)
+        return [plots.plot_tracks(out / "tracks.png", videos[0], gt,
+                                  targets["visible"][0].numpy()[valid],
+                                  pred["tracks"][0][valid], pred["visible"][0][valid])]
+    if task == "pose":
+        return [plots.plot_poses(out / "poses.png", targets["pose"].numpy(), pred["pose"])]
+    valid = targets["query_valid"][0].numpy()
+    whwh = targets["size"][0].numpy()[[1, 0, 1, 0]]
+    return [plots.plot_boxes(out / "boxes.png", videos[0], targets["boxes"][0].numpy()[valid]
+                             * whwh, targets["visible"][0].numpy()[valid],
+                             pred["boxes"][0][valid])]

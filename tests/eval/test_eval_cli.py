@@ -1,0 +1,103 @@
+"""``python -m megavid.eval`` end to end on the small synthetic set: tasks, torchrun, 4DS .npz."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, free_port, subprocess_env
+
+# a readout small enough for seconds on a CPU; every task, a few steps
+_QUICK = ["--steps", "6", "--batch-size", "2", "--warmup", "2", "--readout-width", "32",
+          "--readout-heads", "4", "--log-interval", "3", "--num-queries", "8"]
+
+
+def _run(args: list[str], *, nproc: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "megavid.eval"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--master-port", str(free_port()), "-m", "megavid.eval"]
+    proc = subprocess.run([*launcher, *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def _check_run(out, task: str, picture: str) -> dict:
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["task"] == task
+    assert result["metrics"] and all(np.isfinite(v) for v in result["metrics"].values()
+                                     if isinstance(v, float))
+    assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == result["readout"]["steps"]
+    return result
+
+
+_EXPECTED = {"depth": ("depth.png", "abs_rel"), "tracking": ("tracks.png", "average_jaccard"),
+             "pose": ("poses.png", "epe"), "boxes": ("boxes.png", "mean_iou")}
+
+
+def test_every_task_end_to_end_and_features_are_cached_across_tasks(synthetic4d_dir, tmp_path):
+    cache = tmp_path / "features"
+    for i, (task, (picture, metric)) in enumerate(_EXPECTED.items()):
+        out = tmp_path / task
+        proc = _run(["--task", task, "--preset", "tiny", "--data", str(synthetic4d_dir),
+                     "--out", str(out), "--feature-cache", str(cache), *_QUICK])
+        assert "readout step 6/6 | loss" in proc.stdout
+        result = _check_run(out, task, picture)
+        assert metric in result["metrics"]
+        # the first task encodes; every later one reads the same features back
+        assert result["features"]["test"]["cache"] == ("miss" if i == 0 else "hit")
+
+
+def test_data_parallel_run_writes_one_result(synthetic4d_dir, tmp_path):
+    out = tmp_path / "dp"
+    _run(["--task", "tracking", "--preset", "tiny", "--data", str(synthetic4d_dir),
+          "--out", str(out), "--no-feature-cache", *_QUICK], nproc=2)
+    assert _check_run(out, "tracking", "tracks.png")["world_size"] == 2
+
+
+def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path):
+    """Official key layout (random arrays) -> megavid checkpoint -> depth readout at 8x64x64."""
+    from tests.interop.helpers import make_fourds_npz
+
+    npz = make_fourds_npz(tmp_path / "4ds.npz", width=32, layers=4, heads=4, ffn=48,
+                          tubelet=(2, 8, 8), grid=(2, 3, 3))
+    ckpt = tmp_path / "ckpt"
+    subprocess.run([sys.executable, "-m", "megavid.tools.convert", "--from", "4ds-npz", "--to",
+                    "megavid", str(npz), str(ckpt)], cwd=REPO, env=subprocess_env(),
+                   check=True, capture_output=True, timeout=240)
+    out = tmp_path / "run"
+    _run(["--task", "depth", "--ckpt", str(ckpt), "--data", str(synthetic4d_dir),
+          "--num-frames", "8", "--image-size", "64", "--out", str(out), "--no-feature-cache",
+          *_QUICK])
+    result = _check_run(out, "depth", "depth.png")
+    assert result["arch"]["hidden_size"] == 32 and result["arch"]["image_size"] == 64
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--depth", "1.5"], "--depth"),
+    (["--readout-width", "30", "--readout-heads", "4"], "--readout-width"),
+    (["--data", "/no/such/dataset"], "--data"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--synthetic-scenes", "4", "--data", "/tmp"], "--synthetic-scenes"),
+])
+def test_bad_flags_stop_with_the_flag_and_the_fix(args, flag, capsys):
+    from megavid.eval.__main__ import main
+
+    assert main(["--task", "depth", "--preset", "tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("megavid.eval: error: ") and flag in err
+
+
+def test_unknown_preset_and_missing_checkpoint_are_named(capsys, tmp_path):
+    from megavid.eval.__main__ import main
+
+    assert main(["--task", "pose", "--preset", "4ds-xl"]) == 2
+    assert "--preset 4ds-xl" in capsys.readouterr().err
+    assert main(["--task", "pose", "--ckpt", str(tmp_path / "nothing")]) == 2
+    assert "--ckpt" in capsys.readouterr().err
