@@ -178,6 +178,17 @@ def load_weights(model, directory: Path) -> None:
         _unwrap(chunk).load_state_dict(loaded[f"model{i}"])
 
 
+def _prepare_partial(root: Path, step: int) -> Path:
+    """Rank 0 makes ``root/iter_<step>.partial`` (dropping stale partials); all ranks wait."""
+    target = dirs.partial_dir(root, step)
+    if dist.get_rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        dirs.clean_partials(root)
+        target.mkdir()
+    dist.barrier()
+    return target
+
+
 def save_weights(model, root: Path, *, step: int, common: dict) -> Path:
     """Write a weights-only checkpoint ``root/iter_<step>`` (all ranks call; the converter's).
 
@@ -185,12 +196,7 @@ def save_weights(model, root: Path, *, step: int, common: dict) -> Path:
     ``latest``), so ``--load root`` and the feature API read it.
     """
     root = Path(root)
-    target = dirs.partial_dir(root, step)
-    if dist.get_rank() == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        dirs.clean_partials(root)
-        target.mkdir()
-    dist.barrier()
+    target = _prepare_partial(root, step)
     state = {f"model{i}": _unwrap(chunk).sharded_state_dict(metadata=_METADATA)
              for i, chunk in enumerate(model)}
     state["common"] = {**common, "step": step, "weights_only": True}
@@ -220,12 +226,7 @@ class Checkpointer:
         start = time.perf_counter()
         root = Path(self.cfg.save)
         self.finalize(blocking=True)  # one save in flight at a time
-        target = dirs.partial_dir(root, step)
-        if dist.get_rank() == 0:
-            root.mkdir(parents=True, exist_ok=True)
-            dirs.clean_partials(root)
-            target.mkdir()
-        dist.barrier()
+        target = _prepare_partial(root, step)
         state = _sharded_state(model, optimizer, is_loading=False, with_rng=True)
         state["common"] = {**common, "step": step, "scheduler": scheduler.state_dict(),
                            "layout": _layout(optimizer)}
