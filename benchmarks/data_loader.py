@@ -9,8 +9,12 @@ Dataset that decodes every frame of the clip with PyAV and then takes 16 at stri
 Same clips, same 16x224x224 output (same crop/resize code), same worker processes.
 (2) Decoders, on 640x360 VP9 clips as ``prepare --codec vp9 --gop 8`` writes them:
 megavid's DALI-CPU decoder vs its PyAV decoder, 16 frames at stride 4 from a random start,
-one process, the same samples; plus DALI handed the whole file (what it did before it was
-given keyframe-aligned segments), to show what that costs.
+one process, the same samples. DALI decodes as the loader calls it: a micro-batch of
+``--dali-batch`` samples per pipeline run, on one thread per core (``data.dali_threads: 0``
+with one worker); also one sample per run on one thread, and handed the whole file (what it
+did before it was given keyframe-aligned segments). PyAV decodes one sample at a time, as
+the loader calls it, and, as a peer for DALI's thread pool, a micro-batch on a pool of
+Python threads (one per core, one decoder each).
 
 The machine may be shared: each side runs in turn, ``--repeats`` times, interleaved
 (A B A B ...), and the reported value is the median; ratios are medians of the per-round
@@ -20,9 +24,11 @@ ratios, so slow drift in background load cancels.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 
 from megavid.data.dataset import VideoClipDataset, collate_samples
+from megavid.data import dali
 from megavid.data.decode import PyAVDecoder
 from megavid.data.loader import VideoLoader
 from megavid.data.transforms import crop_resize, plan_crop, sample_rng
@@ -146,6 +153,40 @@ class WholeFileDALI:
         return np.asarray(video[0])
 
 
+class Batched:
+    """Hands a decoder ``batch`` jobs at a time: DALI's ``decode_many`` (its thread pool),
+    or, for PyAV, one decoder per thread of a pool."""
+
+    def __init__(self, make_decoder, batch: int, threads: int):
+        self.batch, self.pending, self.out = batch, [], []
+        self.decoder = make_decoder()
+        self.pool = None
+        if not hasattr(self.decoder, "decode_many"):
+            local = __import__("threading").local()
+
+            def decode(job):
+                if not hasattr(local, "decoder"):
+                    local.decoder = make_decoder()
+                return local.decoder.decode(*job)
+            self.pool, self.one = ThreadPoolExecutor(threads), decode
+
+    def decode_batch(self, jobs) -> list[np.ndarray]:
+        if self.pool is None:
+            return self.decoder.decode_many(jobs)
+        return list(self.pool.map(self.one, jobs))
+
+
+def frames_per_second_batched(batched: Batched, jobs, cpu_ms: list[float]) -> float:
+    """``frames_per_second`` with the jobs handed over ``batched.batch`` at a time."""
+    batched.decode_batch(jobs[:batched.batch])  # warm-up
+    start, cpu = time.perf_counter(), time.process_time()
+    for i in range(0, len(jobs), batched.batch):
+        for frames in batched.decode_batch(jobs[i:i + batched.batch]):
+            assert frames.shape == (T, HEIGHT, WIDTH, 3)
+    cpu_ms.append((time.process_time() - cpu) / len(jobs) * 1e3)
+    return len(jobs) * T / (time.perf_counter() - start)
+
+
 def frames_per_second(decoder, jobs, cpu_ms: list[float]) -> float:
     """Wall-clock frames/s; appends the process CPU time per sample (all threads) to
     ``cpu_ms``, the work itself, which background load on a shared machine does not inflate."""
@@ -158,23 +199,24 @@ def frames_per_second(decoder, jobs, cpu_ms: list[float]) -> float:
     return len(jobs) * T / (time.perf_counter() - start)
 
 
-def bench_decoders(files: list[Path], samples: int,
-                   repeats: int) -> tuple[dict, dict, dict, list]:
+def bench_decoders(files: list[Path], samples: int, repeats: int,
+                   batch: int) -> tuple[dict, dict, dict, list]:
     """Frames/s and CPU ms per sample of each decoder over the same samples, and the frames
     PyAV had to decode per sample (DALI's segments hold the same frames)."""
-    from megavid.data import dali
-
     jobs = decode_jobs(files, samples)
+    threads = dali.default_threads(1)
     pyav = PyAVDecoder()
-    decoders = {"pyav": pyav}
+    decoders = {"pyav": pyav, "pyav_thread_pool": Batched(PyAVDecoder, batch, threads)}
     notes = []
     if dali.dali_available():
-        decoders["dali_cpu"] = dali.DALIDecoder(device="cpu")
+        decoders["dali_cpu"] = Batched(lambda: dali.DALIDecoder("cpu", threads), batch, threads)
+        decoders["dali_cpu_one_by_one"] = dali.DALIDecoder(device="cpu")
         decoders["dali_cpu_whole_file"] = WholeFileDALI()
     else:
         notes.append("dali_cpu: skipped (pip install nvidia-dali-cuda120)")
     cpu = {k: [] for k in decoders}
-    rounds = interleave({k: (lambda d=d, c=cpu[k]: frames_per_second(d, jobs, c))
+    rounds = interleave({k: (lambda d=d, c=cpu[k]: frames_per_second_batched(d, jobs, c)
+                             if isinstance(d, Batched) else frames_per_second(d, jobs, c))
                          for k, d in decoders.items()}, repeats)
     pyav.frames_decoded = 0
     for job in jobs:
@@ -193,6 +235,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer, shorter clips and rounds")
     p.add_argument("--workers", type=int, default=2, help="loader worker processes, both sides")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per side")
+    p.add_argument("--dali-batch", type=int, default=4, help="samples per DALI pipeline run")
     a = p.parse_args()
     n, frames, batches, batch, samples = (4, 90, 2, 4, 8) if a.quick else (16, 300, 2, 8, 24)
     repeats = a.repeats or (2 if a.quick else 3)
@@ -200,7 +243,7 @@ def main() -> None:
         h264 = make_clips(Path(tmp), n, frames, "h264")
         loaders = bench_loaders(h264, a.workers, batch, batches, repeats)
         vp9 = make_clips(Path(tmp), max(2, n // 2), frames, "vp9")
-        decoders, cpu, work, notes = bench_decoders(vp9, samples, repeats)
+        decoders, cpu, work, notes = bench_decoders(vp9, samples, repeats, a.dali_batch)
     clip = {"clips": n, "frames_per_clip": frames, "fps": FPS, "size": f"{WIDTH}x{HEIGHT}",
             "T": T, "stride": STRIDE, "image_size": SIZE}
     rows = [{"name": f"loader {k} h264", "value": round(statistics.median(v), 2),
@@ -215,7 +258,9 @@ def main() -> None:
     ratios = {"loader_vs_baseline_h264": ratio(loaders, "megavid", "baseline")}
     if "dali_cpu" in decoders:
         ratios["dali_cpu_vs_pyav_vp9"] = ratio(decoders, "dali_cpu", "pyav")
-        ratios["dali_cpu_segment_vs_whole_file_vp9"] = ratio(decoders, "dali_cpu",
+        ratios["dali_cpu_vs_pyav_thread_pool_vp9"] = ratio(decoders, "dali_cpu", "pyav_thread_pool")
+        ratios["dali_cpu_one_by_one_vs_pyav_vp9"] = ratio(decoders, "dali_cpu_one_by_one", "pyav")
+        ratios["dali_cpu_segment_vs_whole_file_vp9"] = ratio(decoders, "dali_cpu_one_by_one",
                                                              "dali_cpu_whole_file")
         # the same comparison in CPU time per sample (inverse: less CPU is faster)
         ratios["dali_cpu_vs_pyav_vp9_cpu_time"] = ratio(cpu, "pyav", "dali_cpu")
@@ -223,7 +268,11 @@ def main() -> None:
         "quick": a.quick, "repeats": repeats, "interleaved": True,
         "h264": "x264 defaults (keyint 250)", "vp9": "realtime, cpu-used 8, keyint 8",
         "pyav_threads": "FFmpeg defaults (slice threads, auto count)",
-        "dali": "batch 1, num_threads 1, keyframe-aligned segment per sample"}})
+        "dali": f"keyframe-aligned segment per sample; dali_cpu: {a.dali_batch} samples per "
+                f"run on {dali.default_threads(1)} threads (the loader's way, one worker); "
+                "dali_cpu_one_by_one: 1 sample, 1 thread",
+        "pyav_thread_pool": f"{a.dali_batch} samples at a time on a pool of "
+                            f"{dali.default_threads(1)} threads, one PyAVDecoder per thread"}})
     print(rows, ratios)
 
 

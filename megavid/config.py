@@ -121,6 +121,9 @@ class DataConfig:
     cache_dir: str = "~/.cache/megavid"
     mock: bool = False  # random clips made in memory: step timing and parity tests, no decoding
     decoder: str = "pyav"  # pyav (FFmpeg, CPU) | dali (CPU: VP8/VP9; GPU: NVDEC) | auto: see data/dali.py
+    # threads of each worker's DALI pipeline (a micro-batch's clips decode in parallel on them);
+    # 0 = the cores divided among the loader's worker processes
+    dali_threads: int = 0
 
 
 @dataclass

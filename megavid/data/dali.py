@@ -15,12 +15,18 @@ only the packets from the keyframe before the clip to its last frame, remuxed
 in memory without decoding (``frame_index.remux_segment``, ~3-5 ms), and the
 frame numbers are shifted to match. The GPU path hands over the whole file and
 relies on DALI's own frame index (``build_index``) to seek.
+
+A DALI pipeline decodes a batch of samples on its own thread pool, so
+``decode_many`` hands it a whole micro-batch at once (the dataset's
+``__getitems__`` calls it): with ``num_threads`` threads the samples of one
+batch decode in parallel inside one worker process.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +40,12 @@ log = logging.getLogger(__name__)
 
 CPU_CODECS = ("vp8", "vp9")  # what DALI's CPU video decoder handles in the pip wheel
 INSTALL_HINT = "pip install nvidia-dali-cuda120"
+MAX_BATCH = 64  # most samples one pipeline run takes (DALI batches may be smaller)
+
+
+def default_threads(num_workers: int) -> int:
+    """``data.dali_threads: 0``: share the cores among the loader's worker processes."""
+    return max(1, (os.cpu_count() or 1) // max(1, num_workers))
 
 
 def dali_available() -> bool:
@@ -61,16 +73,19 @@ def require_dali() -> str:
 
 
 class DALIDecoder:
-    """Decodes chosen frames with a batch-of-one DALI pipeline, built lazily per process."""
+    """Decodes chosen frames with a DALI pipeline (built lazily per process), a batch at a time."""
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", num_threads: int = 1):
         if device not in ("cpu", "mixed"):
             raise ValueError(f"DALIDecoder device must be 'cpu' or 'mixed', not {device!r}")
         if device == "mixed" and not cuda_available():
             raise ConfigError("DALI GPU decoding (device='mixed') needs CUDA, and "
                               "torch.cuda.is_available() is False here; run on a GPU node, or "
                               "use data.decoder=auto (DALI CPU for VP8/VP9, PyAV for the rest)")
-        self.device = device
+        if num_threads < 1:
+            raise ConfigError(f"data.dali_threads: {num_threads} must be >= 1 (0 in the config "
+                              "means one share of the cores per loader worker)")
+        self.device, self.num_threads = device, num_threads
         self._probe = PyAVDecoder()  # frame counts, sizes and codec from the packets
         self._pipe = None  # built on first decode: DataLoader workers must not inherit it
 
@@ -88,6 +103,40 @@ class DALIDecoder:
 
     def decode(self, path: Media, frame_indices: Sequence[int]) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB, frames in presentation order as PyAV counts them."""
+        (out,) = self.decode_many([(path, frame_indices)])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def decode_many(self, jobs: Sequence[tuple[Media, Sequence[int]]]) -> list:
+        """One result per ``(path, frame_indices)`` job: its frames, or the ``DecodeError``
+        (or ``IndexError``) it raised. The good jobs run as DALI batches; when a batch
+        fails, its jobs run one by one so only the bad file's job carries the error."""
+        results: list = [None] * len(jobs)
+        ready = []  # (job number, encoded bytes, frame numbers inside them)
+        for i, (path, frame_indices) in enumerate(jobs):
+            try:
+                ready.append((i, *self._encoded(path, frame_indices)))
+            except (DecodeError, IndexError) as err:
+                results[i] = err
+        for start in range(0, len(ready), MAX_BATCH):
+            chunk = ready[start:start + MAX_BATCH]
+            try:
+                for (i, _, _), video in zip(chunk, self._run(chunk)):
+                    results[i] = video
+            except DecodeError as err:
+                if len(chunk) == 1:
+                    results[chunk[0][0]] = DecodeError(f"{jobs[chunk[0][0]][0]}: {err}")
+                    continue
+                for job in chunk:  # find the bad one(s)
+                    try:
+                        results[job[0]] = self._run([job])[0]
+                    except DecodeError as one:
+                        results[job[0]] = DecodeError(f"{jobs[job[0]][0]}: {one}")
+        return results
+
+    def _encoded(self, path: Media, frame_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes to hand DALI, the wanted frames' numbers within them)."""
         info = self.probe(path)
         wanted = np.asarray(frame_indices, dtype=np.int32)  # (T,)
         if wanted.size == 0 or wanted.min() < 0 or wanted.max() >= info.num_frames:
@@ -98,25 +147,31 @@ class DALIDecoder:
             wanted = wanted - first
         else:
             data = read_media(path)
-        encoded = np.frombuffer(data, dtype=np.uint8)  # (bytes,)
+        return np.frombuffer(data, dtype=np.uint8), wanted  # (bytes,), (T,)
+
+    def _run(self, chunk: list) -> list[np.ndarray]:
+        """Decode a batch of (job number, bytes, frames): (T, H, W, 3) uint8 each."""
         pipe = self._pipe or self._build()
-        pipe.feed_input("encoded", [encoded])
-        pipe.feed_input("frames", [wanted])
+        pipe.feed_input("encoded", [encoded for _, encoded, _ in chunk])
+        pipe.feed_input("frames", [wanted for _, _, wanted in chunk])
         try:
             (video,) = pipe.run()
         except (RuntimeError, IndexError, ValueError) as err:
             self._pipe = None  # a failed DALI pipeline cannot run again
-            raise DecodeError(f"{path}: DALI: {str(err).strip().splitlines()[0]}") from None
+            raise DecodeError(f"DALI: {str(err).strip().splitlines()[0]}") from None
         if self.device == "mixed":
             video = video.as_cpu()
-        return np.asarray(video[0])  # (T, H, W, 3)
+        # copies: DALI reuses its output buffers on the next run
+        return [np.array(video[k]) for k in range(len(chunk))]
 
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        # Synchronous and unprefetched: one sample in, its frames out, per call.
-        @pipeline_def(batch_size=1, num_threads=1, prefetch_queue_depth=1, exec_async=False,
-                      exec_pipelined=False, device_id=0 if self.device == "mixed" else None)
+        # Synchronous and unprefetched: a batch in, its frames out, per call; the batch's
+        # samples decode in parallel on num_threads threads.
+        @pipeline_def(batch_size=MAX_BATCH, num_threads=self.num_threads, prefetch_queue_depth=1,
+                      exec_async=False, exec_pipelined=False,
+                      device_id=0 if self.device == "mixed" else None)
         def pipeline():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
@@ -130,11 +185,12 @@ class DALIDecoder:
 class AutoDecoder:
     """``data.decoder: auto``: DALI on GPU with CUDA; else DALI-CPU for VP8/VP9; else PyAV."""
 
-    def __init__(self):
+    def __init__(self, num_threads: int = 1):
         self.pyav = PyAVDecoder()
         self.dali = None
         if dali_available():
-            self.dali = DALIDecoder(device="mixed" if cuda_available() else "cpu")
+            self.dali = DALIDecoder(device="mixed" if cuda_available() else "cpu",
+                                    num_threads=num_threads)
         chosen = ("DALI on GPU (mixed)" if self.dali and self.dali.device == "mixed" else
                   "DALI on CPU for VP8/VP9 files, PyAV for the rest" if self.dali else
                   f"PyAV (DALI not installed: `{INSTALL_HINT}` for DALI decoding)")
@@ -150,3 +206,21 @@ class AutoDecoder:
 
     def decode(self, path: Media, frame_indices: Sequence[int]) -> np.ndarray:
         return self._backend(path)[1].decode(path, frame_indices)
+
+    def decode_many(self, jobs: Sequence[tuple[Media, Sequence[int]]]) -> list:
+        """DALI's jobs as batches, PyAV's one by one; results (or errors) in job order."""
+        results: list = [None] * len(jobs)
+        batched = []
+        for i, (path, frame_indices) in enumerate(jobs):
+            try:
+                backend = self._backend(path)[1]
+                if backend is self.dali:
+                    batched.append(i)
+                else:
+                    results[i] = backend.decode(path, frame_indices)
+            except (DecodeError, IndexError) as err:
+                results[i] = err
+        if batched:
+            for i, out in zip(batched, self.dali.decode_many([jobs[i] for i in batched])):
+                results[i] = out
+        return results

@@ -95,14 +95,40 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict:
         """Sample at global ``position``: video (T, S, S, 3) float32, its index, label
         (-1 if none) and events."""
+        return self._sample(position)
+
+    def __getitems__(self, positions: list[int]) -> list[dict]:
+        """A micro-batch (the DataLoader calls this with a batch sampler). A decoder with
+        ``decode_many`` (DALI) decodes the batch's first-choice files together, in parallel
+        on its threads; a sample whose file fails goes the one-by-one way, with the same
+        skips and replacements as ``__getitem__``."""
+        decode_many = getattr(self.decoder, "decode_many", None)
+        if decode_many is None or len(positions) < 2:
+            return [self._sample(p) for p in positions]
+        plans = {}
+        for position in positions:
+            try:
+                plans[position] = self.plan(position)
+            except SkipFile:
+                pass  # _sample meets the same skip and moves on
+        decoded = decode_many([(plan.path, plan.file_frames) for plan in plans.values()])
+        first = {position: (plan, pixels) for (position, plan), pixels
+                 in zip(plans.items(), decoded) if isinstance(pixels, np.ndarray)}
+        return [self._sample(p, first.get(p)) for p in positions]
+
+    def _sample(self, position: int, first: tuple[SamplePlan, np.ndarray] | None = None) -> dict:
+        """``first``: attempt 0's plan and its decoded frames, when already decoded."""
         events: list[tuple[str, str]] = []  # (counter name, file) for the loader's stats
         for attempt in range(len(self.files)):
             try:
-                plan = self.plan(position, attempt)
-                try:
-                    pixels = self.decoder.decode(plan.path, plan.file_frames)  # (T, H, W, 3)
-                except DecodeError as err:
-                    raise self._skip(plan.file_id, err.reason) from None
+                if attempt == 0 and first is not None:
+                    plan, pixels = first
+                else:
+                    plan = self.plan(position, attempt)
+                    try:
+                        pixels = self.decoder.decode(plan.path, plan.file_frames)  # (T, H, W, 3)
+                    except DecodeError as err:
+                        raise self._skip(plan.file_id, err.reason) from None
             except SkipFile as skip:
                 events.append((skip.reason, str(skip.path)))
                 continue

@@ -144,8 +144,9 @@ class PyAVDecoder:
 DECODERS = ("auto", "dali", "pyav")  # the values of data.decoder
 
 
-def build_decoder(name: str) -> VideoDecoder:
-    """The decoder backend named by ``data.decoder`` (``auto``: see ``dali.AutoDecoder``)."""
+def build_decoder(name: str, dali_threads: int = 1) -> VideoDecoder:
+    """The decoder backend named by ``data.decoder`` (``auto``: see ``dali.AutoDecoder``);
+    ``dali_threads``: threads of a DALI pipeline."""
     from megavid.data import dali  # DALI itself is imported lazily there
 
     if name not in DECODERS:
@@ -153,5 +154,5 @@ def build_decoder(name: str) -> VideoDecoder:
     if name == "pyav":
         return PyAVDecoder()
     if name == "dali":
-        return dali.DALIDecoder(device=dali.require_dali())
-    return dali.AutoDecoder()
+        return dali.DALIDecoder(device=dali.require_dali(), num_threads=dali_threads)
+    return dali.AutoDecoder(num_threads=dali_threads)

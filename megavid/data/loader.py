@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from megavid.config import ConfigError, DataConfig
+from megavid.data import dali
 from megavid.data.dataset import VideoClipDataset, collate_samples
 from megavid.data.sources import list_clips
 from megavid.data.decode import DECODERS, build_decoder
@@ -106,6 +107,9 @@ def _check_config(cfg: DataConfig) -> None:
         raise ConfigError(f"data.demo_clips: {cfg.demo_clips} must be >= 1 (or set --data)")
     if cfg.decoder not in DECODERS:
         raise ConfigError(f"data.decoder: {cfg.decoder!r} is not one of {DECODERS}")
+    if cfg.dali_threads < 0:
+        raise ConfigError(f"data.dali_threads: {cfg.dali_threads} must be >= 0 (0: the cores "
+                          "divided among data.num_workers)")
 
 
 def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: int,
@@ -126,7 +130,9 @@ def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: i
         files = ensure_demo_clips(Path(cfg.cache_dir).expanduser(), cfg.demo_clips,
                                   seed=DEMO_SEED, **demo_clip_shape(arch, cfg.frame_stride))
     dataset = VideoClipDataset(
-        files, decoder=build_decoder(cfg.decoder), num_frames=arch.num_frames,
+        files, decoder=build_decoder(cfg.decoder, cfg.dali_threads or
+                                     dali.default_threads(cfg.num_workers)),
+        num_frames=arch.num_frames,
         image_size=arch.image_size, frame_stride=cfg.frame_stride,
         value_range=cfg.value_range, seed=seed,
     )

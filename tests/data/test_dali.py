@@ -10,7 +10,7 @@ import pytest
 
 from megavid.config import ConfigError
 from megavid.data import dali
-from megavid.data.decode import UnsupportedCodec, build_decoder
+from megavid.data.decode import DecodeError, UnsupportedCodec, build_decoder
 from tests.data.helpers import (make_loader, moving_frames, ramp_frames, take,
                                 write_rotated_video, write_video)
 
@@ -136,3 +136,46 @@ def test_dali_on_gpu_is_chosen_by_config_and_matches_pyav(tmp_path):
         assert a["index"].equal(b["index"])
         assert (a["video"] - b["video"]).abs().mean() < MEAN_TOL / 255
     assert with_dali.stats["skipped_unsupported_codec"] == 0
+
+
+@needs_dali
+def test_batched_decode_equals_one_by_one_and_isolates_a_bad_file(tmp_path):
+    """decode_many runs a batch on the pipeline's threads: the same frames as decode, and a
+    corrupt file in the batch fails only its own job."""
+    clips = [write_video(tmp_path / f"c{i}.webm", moving_frames(40, 48, 64, seed=i), gop=8)
+             for i in range(3)]
+    bad = tmp_path / "bad.webm"
+    bad.write_bytes(clips[0].read_bytes()[:300] + b"\0" * 4000)  # header kept, frames gone
+    jobs = [(clips[0], [3, 7, 11]), (bad, [0, 1]), (clips[1], [30, 34, 38]),
+            (clips[2], [12, 12, 5]), (clips[0], [99])]
+    batched = dali.DALIDecoder(device="cpu", num_threads=2).decode_many(jobs)
+    one = dali.DALIDecoder(device="cpu")
+    for (path, frames), out in zip(jobs, batched):
+        if path is bad:
+            assert isinstance(out, DecodeError)
+        elif max(frames) >= 40:
+            assert isinstance(out, IndexError)
+        else:
+            np.testing.assert_array_equal(out, one.decode(path, frames))
+
+
+@needs_dali
+def test_dali_loader_batches_skip_like_pyav(tmp_path):
+    """The DataLoader hands DALI whole micro-batches (__getitems__); with a corrupt and a
+    zero-byte file among the clips, samples and skip counts equal the PyAV loader's."""
+    for i in range(4):
+        write_video(tmp_path / f"clip_{i}.webm", ramp_frames(32, 80, 96, seed=i))
+    (tmp_path / "clip_4.webm").write_bytes(b"not a video" * 50)
+    (tmp_path / "clip_5.webm").write_bytes(b"")
+    with_dali = make_loader(tmp_path, decoder="dali", micro_batch_size=4, dali_threads=2)
+    with_pyav = make_loader(tmp_path, decoder="pyav", micro_batch_size=4)
+    for a, b in zip(take(with_dali, 4), take(with_pyav, 4)):
+        assert a["index"].equal(b["index"])
+        assert (a["video"] - b["video"]).abs().mean() < MEAN_TOL / 255
+    assert with_dali.stats == with_pyav.stats
+    assert with_dali.stats["skipped_corrupt"] == 1 and with_dali.stats["skipped_empty"] == 1
+
+
+def test_dali_threads_must_not_be_negative(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.dali_threads"):
+        make_loader(tmp_path, decoder="pyav", dali_threads=-1)
