@@ -24,7 +24,7 @@ ratios, so slow drift in background load cancels.
 from __future__ import annotations
 
 import argparse
-import os
+import threading
 import statistics
 import tempfile
 import time
@@ -162,7 +162,7 @@ class Batched:
         self.decoder = make_decoder()
         self.pool = None
         if not hasattr(self.decoder, "decode_many"):
-            local = __import__("threading").local()
+            local = threading.local()
 
             def decode(job):
                 if not hasattr(local, "decoder"):

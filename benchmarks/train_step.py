@@ -29,7 +29,7 @@ import time
 import torch
 
 from megavid.models.masking import make_masks, num_visible
-from megavid.models.presets import count_parameters, get_preset
+from megavid.models.presets import get_preset
 from megavid.tools.bench_results import write_results
 from megavid.tools.devices import measured_cpu_tflops
 from megavid.training.flops import mae_train_flops_per_clip

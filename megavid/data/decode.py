@@ -66,7 +66,7 @@ class PyAVDecoder:
     """CPU decoding with PyAV; keeps the frame index of recently seen files."""
 
     def __init__(self, cache_size: int = 4096):
-        self._cache: OrderedDict[str, _FrameIndex] = OrderedDict()
+        self._cache: OrderedDict[str, FrameIndex] = OrderedDict()
         self._cache_size = cache_size
         self.frames_decoded = 0  # frames the codec produced: lets tests check we stop early
 
