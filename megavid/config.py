@@ -305,6 +305,11 @@ def validate(cfg: RunConfig) -> None:
             f"--lr-warmup-iters {tc.lr_warmup_iters} must be >= 0 and below --train-iters "
             f"{tc.train_iters}"
         )
+    if not 0 <= tc.min_lr <= tc.lr:
+        raise ConfigError(
+            f"train.min_lr {tc.min_lr} must be between 0 and --lr {tc.lr} (the schedule decays "
+            f"from --lr to it); for a run at --lr 0 also pass --set train.min_lr=0"
+        )
     if tc.global_batch_size % tc.micro_batch_size:
         raise ConfigError(
             f"--global-batch-size {tc.global_batch_size} is not a multiple of "

@@ -26,7 +26,7 @@ except the frames, and parts are joined by clip name)::
     cameras/<name>.txt              RealEstate10K camera file (intrinsics + world-to-camera)
     tracks/<name>.pkl               TAP-Vid point-track pickle (video, points, occluded)
     boxes/<name>.json               box tracks (schema in ``readers.write_boxes``)
-    videos/<name>.mp4               H.264 copy for ``megavid.pretrain --data .../videos``
+    videos/<name>.mp4               H.264 copy (MPEG-4 part 2 under 48 px) for pretraining
 """
 
 from __future__ import annotations

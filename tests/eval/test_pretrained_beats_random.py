@@ -7,14 +7,14 @@ weights) and compare them on the test split.
 
 Measured (README.md, "4D evaluation"): at this scale both encoders' readouts
 sit at the level of their priors (the training set's mean depth map; a point
-that stays where it was queried). A few hundred MAE steps on ~100 synthetic
-clips (and up to 6000 steps on 192) teach the tiny encoder neither geometry nor
-correspondence: per-token probes of its features predict neither the depth
-around the mean map nor the motion of the points, better than random weights
-do. So the comparison is an ``xfail`` with its thresholds: it records the
-numbers on every run and turns into an XPASS the day it holds. What is asserted
-is the pipeline itself: the MAE trained, its checkpoint ran through both
-readouts, and the metrics are finite.
+that stays where it was queried), and larger CPU settings agree (1024 scenes,
+finer tubelets, fixed sin-cos positions, standardised features, 3000 readout
+steps: the random encoder's readout is ahead). So the comparison is an
+``xfail`` with its thresholds: it records the numbers on every run and turns
+into an XPASS the day it holds. What is asserted is the pipeline itself: the
+MAE trained, its checkpoint ran through both readouts, and the metrics are
+finite. The setting is kept small (64 scenes, 200 readout steps) because it
+buys no signal, only CI minutes.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from tests.conftest import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-SCENES = dict(num_scenes=128, frames=8, size=64, seed=7, test_fraction=0.25, spp=2)
+SCENES = dict(num_scenes=64, frames=8, size=64, seed=7, test_fraction=0.25, spp=2)
 PRETRAIN = ["--train-iters", "400", "--global-batch-size", "16", "--micro-batch-size", "16",
             "--lr", "2e-3", "--lr-warmup-iters", "20", "--mask-ratio", "0.75",
             "--set", "model.norm_pix_loss=true", "--set", "data.frame_stride=1",
             "--set", "log.plot=false", "--set", "log.tensorboard=false", "--log-interval", "100"]
-READOUT = dict(steps=400, batch_size=16, lr=3e-3, warmup=20, width=64, heads=4)
+READOUT = dict(steps=200, batch_size=16, lr=3e-3, warmup=20, width=64, heads=4)
 # the metric each task is judged by, and whether lower is better
 JUDGED = {"depth": ("abs_rel", True), "tracking": ("average_jaccard", False)}
 

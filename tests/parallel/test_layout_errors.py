@@ -48,6 +48,7 @@ def test_good_layout_derives_dp_and_microbatches():
     ({"parallel.sequence_parallel": True}, "--sp needs --tp > 1"),
     ({"train.fp8": "hybrid", "model.transformer_impl": "local"}, "--fp8 needs the Transformer Engine"),
     ({"train.lr_warmup_iters": 50, "train.train_iters": 10}, "--lr-warmup-iters 50"),
+    ({"train.lr": 0.0}, "for a run at --lr 0 also pass --set train.min_lr=0"),
     ({"model.masking": "blocks"}, "model.masking"),
 ])
 def test_config_errors_name_the_field(overrides, needle):

@@ -36,6 +36,10 @@ from megavid.eval.synthetic.render import mitsuba, render_frames
 from megavid.eval.synthetic.scene import sample_scene
 
 GENERATOR_VERSION = 1
+# x264 is not deterministic on tiny frames: the same 3 frames of 32x32 encode to different
+# streams in different processes (2 outcomes in 6 runs; 48 and 64 px: always one), which would
+# make a set depend on how many workers rendered it. Smaller frames use FFmpeg's MPEG-4 part 2.
+X264_MIN_SIDE = 48
 INDEX_FILE = "synthetic4d.json"
 
 
@@ -75,13 +79,15 @@ def write_scene(split_dir: Path, name: str, scene: dict) -> None:
 
 
 def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 24) -> None:
-    """(T, H, W, 3) uint8 as H.264 (MPEG-4 part 2 where FFmpeg lacks libx264), for pretraining.
+    """(T, H, W, 3) uint8 as H.264, for pretraining; MPEG-4 part 2 where FFmpeg lacks libx264
+    or a frame side is under ``X264_MIN_SIDE``.
 
     A keyframe every 8 frames keeps seeks cheap for ``megavid.data``'s decoder;
     single-threaded so parallel workers do not oversubscribe the cores.
     """
     import av
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    small = min(frames.shape[1:3]) < X264_MIN_SIDE
+    codec = "libx264" if "libx264" in av.codecs_available and not small else "mpeg4"
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
