@@ -44,8 +44,10 @@ MAX_BATCH = 64  # most samples one pipeline run takes (DALI batches may be small
 
 
 def default_threads(num_workers: int) -> int:
-    """``data.dali_threads: 0``: share the cores among the loader's worker processes."""
-    return max(1, (os.cpu_count() or 1) // max(1, num_workers))
+    """``data.dali_threads: 0``: share this process's cores (its CPU affinity, which SLURM
+    sets) among the loader's worker processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, num_workers))
 
 
 def dali_available() -> bool:
