@@ -24,9 +24,9 @@ ratios, so slow drift in background load cancels.
 from __future__ import annotations
 
 import argparse
-import threading
 import statistics
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,8 +35,8 @@ import av
 import numpy as np
 import torch
 
-from megavid.data.dataset import VideoClipDataset, collate_samples
 from megavid.data import dali
+from megavid.data.dataset import VideoClipDataset, collate_samples
 from megavid.data.decode import PyAVDecoder
 from megavid.data.loader import VideoLoader
 from megavid.data.transforms import crop_resize, plan_crop, sample_rng
@@ -158,7 +158,7 @@ class Batched:
     or, for PyAV, one decoder per thread of a pool."""
 
     def __init__(self, make_decoder, batch: int, threads: int):
-        self.batch, self.pending, self.out = batch, [], []
+        self.batch = batch
         self.decoder = make_decoder()
         self.pool = None
         if not hasattr(self.decoder, "decode_many"):
