@@ -86,34 +86,54 @@ def load_splits(cfg: EvalConfig, arch) -> tuple[list, list]:
     return train, test
 
 
-def start_encoder(cfg: EvalConfig, device):
-    """The frozen encoder, whole on every rank (TP = PP = 1: all ranks are data parallel)."""
+def start_runtime() -> None:
+    """The process group and a TP = PP = 1 layout: every rank is data parallel."""
     from megatron.core import parallel_state
 
-    from megavid.models import load_encoder
     from megavid.parallel import runtime
 
     runtime.init_distributed()
     if not parallel_state.model_parallel_is_initialized():
         runtime.init_model_parallel(tp=1, pp=1, vpp=None)
-    return load_encoder(cfg.source, device=device, num_frames=cfg.num_frames,
-                        image_size=cfg.image_size)
+
+
+class LazyEncoder:
+    """The frozen encoder, whole on every rank, loaded on the first cache miss only."""
+
+    def __init__(self, cfg: EvalConfig, arch, device):
+        self.cfg, self.arch, self.device, self.encoder = cfg, arch, device, None
+
+    def __call__(self, source: str):
+        if self.encoder is None:
+            from megavid.models import load_encoder
+
+            started = time.perf_counter()
+            self.encoder = load_encoder(source, device=self.device,
+                                        num_frames=self.cfg.num_frames,
+                                        image_size=self.cfg.image_size)
+            if self.encoder.arch != self.arch:  # source_arch and load_encoder disagree: a bug
+                raise RuntimeError(f"{source}: built {self.encoder.arch}, expected {self.arch}")
+            _log(f"encoder: {source} loaded in {time.perf_counter() - started:.1f} s")
+        return self.encoder
 
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Train and evaluate one readout; returns what ``metrics.json`` holds (on rank 0)."""
+    from megavid.models import source_arch
+
     task = get_task(cfg.task, num_queries=cfg.num_queries)
     device = _device()
     started = time.perf_counter()
-    encoder = start_encoder(cfg, device)
-    arch = encoder.arch
+    start_runtime()
+    arch = source_arch(cfg.source, num_frames=cfg.num_frames, image_size=cfg.image_size)
     train_clips, test_clips = load_splits(cfg, arch)
     task.check(train_clips, "--train-data" if cfg.train_data else "--data")
     task.check(test_clips, "--data")
+    encoder = LazyEncoder(cfg, arch, device)  # a run whose features are cached never loads it
     feats, records = {}, {}
     for split, clips in (("train", train_clips), ("test", test_clips)):
         feats[split], records[split] = cached_features(
-            lambda _: encoder, cfg.source, clips, depth=cfg.depth, cache_dir=cfg.feature_cache,
+            encoder, cfg.source, clips, depth=cfg.depth, cache_dir=cfg.feature_cache,
             batch_size=cfg.encode_batch, device=device, log=_log)
     del encoder
     seed = cfg.readout.seed

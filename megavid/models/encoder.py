@@ -132,19 +132,20 @@ def _ensure_parallel_state() -> None:
         torch.set_rng_state(state)
 
 
-def _read_source(source) -> tuple[ModelConfig, dict | None, Path | None]:
-    """(model config, whole weights or None, megavid checkpoint dir or None) of ``source``."""
+def _read_source(source, *, weights: bool = True) -> tuple[ModelConfig, dict | None, Path | None]:
+    """(model config, whole weights or None, megavid checkpoint dir or None) of ``source``;
+    ``weights=False`` reads the configuration only."""
     if isinstance(source, str) and source.lower() in PRESETS:
         return ModelConfig(preset=source.lower()), None, None
     path = Path(source)
     if path.is_file() and path.suffix == ".npz":
         from megavid.models import fourds
 
-        return (*fourds.read_npz(path), None)
+        return (*fourds.read_npz(path, weights=weights), None)
     if path.is_dir() and (path / "config.json").is_file():
         from megavid.models import hf_videomae
 
-        return (*hf_videomae.read_hf(path), None)
+        return (*hf_videomae.read_hf(path, weights=weights), None)
     if path.is_dir():
         from megavid.config import saved_arch
         from megavid.training.checkpoint_dirs import resolve_load_dir
@@ -157,6 +158,18 @@ def _read_source(source) -> tuple[ModelConfig, dict | None, Path | None]:
     raise FileNotFoundError(
         f"load_encoder: {source!r} is not a preset ({', '.join(PRESETS)}), a 4DS .npz file, a "
         "Hugging Face VideoMAE directory (config.json) or a megavid checkpoint directory")
+
+
+def source_arch(source: str | Path, *, num_frames: int | None = None,
+                image_size: int | None = None) -> ModelArch:
+    """The architecture ``load_encoder(source, ...)`` builds, read without the weights.
+
+    An evaluation whose features are cached needs the clip shape, not the model: for
+    4DS-j that is the difference between reading a few headers and 88 GB.
+    """
+    arch = _read_source(source, weights=False)[0].resolved_arch()
+    return arch.replace(num_frames=num_frames or arch.num_frames,
+                        image_size=image_size or arch.image_size)
 
 
 def resize_chunk(chunk: VideoMAEChunk, arch: ModelArch, method: str) -> None:

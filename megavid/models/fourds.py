@@ -99,10 +99,13 @@ def _infer_arch(arrays: np.lib.npyio.NpzFile, prefix: str) -> ModelArch:
                         tubelet=(t, h, w), channels=c)
 
 
-def read_npz(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_npz(path: str | Path, *, weights: bool = True
+             ) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
     """An official 4DS ``.npz`` -> (its ModelConfig, encoder weights under megavid names).
 
     Unknown keys, missing keys and shape mismatches raise ``FormatError`` naming the key.
+    ``weights=False`` returns None for the weights and reads only the few arrays whose
+    shapes give the architecture.
     """
     with np.load(path, allow_pickle=False) as arrays:  # arrays are read one key at a time
         prefix = next((p for p in ENCODER_PREFIXES
@@ -112,6 +115,9 @@ def read_npz(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
                               "(nor under params/layers_0/): not a 4DS encoder checkpoint")
         prefix = prefix[: -len("encoder/")]
         arch = _infer_arch(arrays, prefix)
+        if not weights:
+            preset, overrides = preset_for(arch)
+            return ModelConfig(preset=preset, arch=overrides, **FOURDS_OPTIONS), None
         reader = _Reader(arrays, prefix)
         state = _read_encoder(reader, arch)
         skipped = "params/layers_2/" if prefix == "params/layers_0/" else None  # depth readout

@@ -260,14 +260,19 @@ def _load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise FormatError(f"{directory}: no *.safetensors or pytorch_model*.bin weights")
 
 
-def read_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """A ``save_pretrained`` VideoMAE directory -> (ModelConfig, layout-free weights). Offline."""
+def read_hf(directory: str | Path, *, weights: bool = True
+            ) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
+    """A ``save_pretrained`` VideoMAE directory -> (ModelConfig, layout-free weights). Offline.
+
+    ``weights=False`` reads config.json only (the weights come back as None)."""
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
     if config.get("model_type") != "videomae":
         raise FormatError(f"{directory}/config.json: model_type {config.get('model_type')!r} is "
                           "not 'videomae'")
     model_cfg = model_config_from_hf(config)
+    if not weights:
+        return model_cfg, None
     return model_cfg, state_from_hf(_load_hf_weights(directory), model_cfg)
 
 

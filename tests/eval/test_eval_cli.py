@@ -50,8 +50,10 @@ def test_every_task_end_to_end_and_features_are_cached_across_tasks(synthetic4d_
         assert "readout step 6/6 | loss" in proc.stdout
         result = _check_run(out, task, picture)
         assert metric in result["metrics"]
-        # the first task encodes; every later one reads the same features back
+        # the first task encodes; every later one reads the same features back and never
+        # loads the encoder
         assert result["features"]["test"]["cache"] == ("miss" if i == 0 else "hit")
+        assert ("encoder: tiny loaded in" in proc.stdout) == (i == 0), proc.stdout
 
 
 def test_data_parallel_run_writes_one_result(synthetic4d_dir, tmp_path):

@@ -101,6 +101,20 @@ def test_depth_checkpoint_nests_the_encoder(single_process, tmp_path, npz):
     assert torch.equal(load_encoder(nested).features(video), load_encoder(npz).features(video))
 
 
+def test_source_arch_is_what_load_encoder_builds_without_reading_weights(
+        single_process, npz, monkeypatch):
+    from megavid.models import fourds, load_encoder, source_arch
+
+    for source, size in ((npz, {}), ("tiny", {}), ("tiny", dict(num_frames=4, image_size=32))):
+        assert source_arch(source, **size) == load_encoder(source, **size).arch, (source, size)
+
+    def no_weights(*args):
+        raise AssertionError("source_arch read the weights")
+
+    monkeypatch.setattr(fourds, "_read_encoder", no_weights)
+    assert source_arch(npz).hidden_size == 32
+
+
 def _rewrite(src, dst, change):
     with np.load(src) as f:
         arrays = dict(f)

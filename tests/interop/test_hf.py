@@ -56,12 +56,13 @@ def hf_input(video):
 
 def test_encoder_features_and_mae_loss_match_hf(single_process, tmp_path):
     from megavid.config import RunConfig
-    from megavid.models import load_encoder
+    from megavid.models import load_encoder, source_arch
     from megavid.training.step import make_forward_step
 
     hf = hf_model()
     hf.save_pretrained(tmp_path / "hf")
     encoder = load_encoder(tmp_path / "hf")
+    assert source_arch(tmp_path / "hf") == encoder.arch  # config.json alone gives it
     video = torch.rand(2, 4, 32, 32, 3, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         hidden = hf.videomae(hf_input(video), output_hidden_states=True).hidden_states
