@@ -2,7 +2,8 @@
 
 Trains a readout on frozen features of the encoder, evaluates it on the test
 split and writes ``metrics.json``, ``train_log.jsonl`` and a picture into the
-run directory. Runs data parallel under torchrun. Thin on purpose: parse,
+run directory. Runs data parallel under torchrun (``--tp/--pp`` split an encoder
+too large for one device). Thin on purpose: parse,
 validate, ``megavid.eval.run.run_eval``.
 """
 
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip length to run the encoder at (default: its own)")
     p.add_argument("--image-size", type=int,
                    help="frame size to run the encoder at (its position table is resized)")
+    p.add_argument("--tp", "--tensor-model-parallel-size", dest="tp", type=int, default=1,
+                   help="split the encoder over this many ranks (tensor parallel)")
+    p.add_argument("--pp", "--pipeline-model-parallel-size", dest="pp", type=int, default=1,
+                   help="split the encoder's blocks into this many stages (pipeline parallel)")
     p.add_argument("--out", help="run directory (default runs/eval-<task>-<timestamp>/)")
     p.add_argument("--steps", type=int, default=d.steps, help="readout optimizer steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (clips)")
@@ -63,7 +68,8 @@ def validate(args) -> str | None:
     """One line naming the flag and the fix, or None."""
     if not 0 < args.depth <= 1:
         return f"--depth {args.depth}: must be in (0, 1] (a fraction of the encoder's layers)"
-    for flag in ("steps", "batch_size", "readout_width", "readout_heads", "log_interval"):
+    for flag in ("steps", "batch_size", "readout_width", "readout_heads", "log_interval", "tp",
+                 "pp"):
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be at least 1"
     if args.readout_width % args.readout_heads:
@@ -102,7 +108,7 @@ def config_from_args(args):
         task=args.task, source=args.ckpt or args.preset, data=args.data,
         train_data=args.train_data, depth=args.depth, out=args.out, feature_cache=cache,
         max_clips=args.max_clips, num_queries=args.num_queries, num_frames=args.num_frames,
-        image_size=args.image_size, readout=readout,
+        image_size=args.image_size, tp=args.tp, pp=args.pp, readout=readout,
         synthetic={"num_scenes": args.synthetic_scenes} if args.synthetic_scenes else {},
         pictures=not args.no_pictures)
 

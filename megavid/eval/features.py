@@ -5,8 +5,9 @@ function of (weights, readout depth, clips). They are computed once and stored
 under ``<cache_dir>/<key>.pt``, where the key hashes the encoder's identity
 (preset name, or the checkpoint files' names, sizes and modification times),
 the depth and the clips' pixels: a rerun with another readout, more steps or
-another task on the same data skips the encoder. Under torchrun every rank
-encodes its share of the clips and the shares are all-gathered.
+another task on the same data skips the encoder. Under torchrun every model
+replica (one rank, or a TP x PP group) encodes its share of the clips and the
+shares are all-gathered.
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def encode(encoder, clips, *, depth: float, batch_size: int = 8,
     return torch.cat(out) if out else torch.empty(0)
 
 
-def _gather_shards(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Every rank's (n_r, ...) shard -> the (sum n_r, ...) whole, in rank order."""
+def _gather_shards(local: torch.Tensor, counts: list[int], group=None) -> torch.Tensor:
+    """Every rank's (n_r, ...) shard -> the (sum n_r, ...) whole, in ``group`` rank order."""
     width = max(counts)
     padded = torch.zeros(width, *local.shape[1:], dtype=local.dtype)
     padded[: len(local)] = local
     parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
+    dist.all_gather(parts, padded, group=group)
     return torch.cat([p[:n] for p, n in zip(parts, counts)])
 
 
@@ -81,25 +82,32 @@ def _all_ranks_agree(flag: bool) -> bool:
 
 def cached_features(load_encoder, source: str, clips, *, depth: float,
                     cache_dir: str | Path | None, batch_size: int = 8,
-                    device: str | torch.device = "cpu", log=print) -> tuple[torch.Tensor, dict]:
+                    device: str | torch.device = "cpu", log=print,
+                    replicas: tuple[int, int, object] | None = None
+                    ) -> tuple[torch.Tensor, dict]:
     """Features of ``clips``, from the cache when every rank has them; else encoded and saved.
 
-    ``load_encoder(source)`` is called only on a cache miss. Returns the features
-    and a record of what happened (for ``metrics.json``).
+    ``load_encoder(source)`` is called only on a cache miss. ``replicas`` is (this
+    rank's replica, number of replicas, their process group) when the encoder is
+    split over several ranks (TP/PP): every rank of a replica encodes the same clips,
+    the replicas' shares are gathered. Default: every rank is a replica. Returns the
+    features, on every rank, and a record of what happened (for ``metrics.json``).
     """
     path = cache_path(cache_dir, source=source, depth=depth, clips=clips) if cache_dir else None
     if _all_ranks_agree(path is not None and path.is_file()):
         log(f"features: cache hit {path}")
         return torch.load(path, weights_only=True), {"cache": "hit", "path": str(path)}
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    bounds = np.linspace(0, len(clips), world + 1).astype(int)  # contiguous shares
+    if replicas is None:
+        replicas = (dist.get_rank(), dist.get_world_size(), None) if distributed else (0, 1, None)
+    replica, num_replicas, group = replicas
+    bounds = np.linspace(0, len(clips), num_replicas + 1).astype(int)  # contiguous shares
     encoder = load_encoder(source)
-    local = encode(encoder, clips[bounds[rank]:bounds[rank + 1]], depth=depth,
+    local = encode(encoder, clips[bounds[replica]:bounds[replica + 1]], depth=depth,
                    batch_size=batch_size, device=device)
     del encoder
-    feats = _gather_shards(local, np.diff(bounds).tolist()) if distributed else local
-    if path is not None and rank == 0:
+    feats = _gather_shards(local, np.diff(bounds).tolist(), group) if num_replicas > 1 else local
+    if path is not None and (dist.get_rank() if distributed else 0) == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(feats, tmp)

@@ -43,6 +43,8 @@ class EvalConfig:
     num_frames: int | None = None  # run the encoder at this clip length (default: its own)
     image_size: int | None = None  # ... and this frame size (position table resized)
     encode_batch: int = 8  # clips per encoder forward
+    tp: int = 1  # tensor-parallel size of the encoder (feature extraction only)
+    pp: int = 1  # pipeline-parallel size of the encoder (feature extraction only)
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     pictures: bool = True
 
@@ -75,30 +77,47 @@ def load_splits(cfg: EvalConfig, arch) -> tuple[list, list]:
             test = load_dataset(cfg.data, split="test", **kwargs)
             train = load_dataset(cfg.train_data or cfg.data, split="train", **kwargs)
         _barrier()
-    world = dp_info()[1]
+    replicas = encoder_replicas()[1]
     for flag, clips in (("--train-data" if cfg.train_data else "--data", train), ("--data", test)):
-        if len(clips) < world:
-            raise ValueError(f"{flag}: {len(clips)} clips, fewer than the {world} ranks that "
-                             "share them; use fewer processes or more clips")
+        if len(clips) < replicas:
+            raise ValueError(f"{flag}: {len(clips)} clips, fewer than the {replicas} encoder "
+                             "replicas that share them; use fewer processes or more clips")
     if {c.name for c in train} == {c.name for c in test}:
         _log(f"warning: {cfg.data} has no separate train split: the readout trains on the "
              "clips it is evaluated on; pass --train-data for a fair evaluation")
     return train, test
 
 
-def start_runtime() -> None:
-    """The process group and a TP = PP = 1 layout: every rank is data parallel."""
+def start_runtime(cfg: EvalConfig) -> None:
+    """The process group and the encoder's TP x PP layout (a model too large for one device
+    is split; the readout, small, trains data parallel over every rank)."""
     from megatron.core import parallel_state
 
     from megavid.parallel import runtime
 
     runtime.init_distributed()
-    if not parallel_state.model_parallel_is_initialized():
-        runtime.init_model_parallel(tp=1, pp=1, vpp=None)
+    world = dp_info()[1]
+    if world % (cfg.tp * cfg.pp):
+        raise ValueError(f"--tp {cfg.tp} x --pp {cfg.pp} does not divide the {world} processes; "
+                         "launch a multiple of tp * pp processes")
+    if not parallel_state.model_parallel_is_initialized() or (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size()) != (cfg.tp, cfg.pp):
+        runtime.init_model_parallel(tp=cfg.tp, pp=cfg.pp, vpp=None)
+
+
+def encoder_replicas() -> tuple[int, int, object]:
+    """(this rank's encoder replica, replicas, the group joining a rank to its peers in the
+    other replicas): megatron-core's data-parallel group."""
+    from megatron.core import parallel_state
+
+    return (parallel_state.get_data_parallel_rank(),
+            parallel_state.get_data_parallel_world_size(),
+            parallel_state.get_data_parallel_group())
 
 
 class LazyEncoder:
-    """The frozen encoder, whole on every rank, loaded on the first cache miss only."""
+    """The frozen encoder in the run's TP x PP layout, loaded on the first cache miss only."""
 
     def __init__(self, cfg: EvalConfig, arch, device):
         self.cfg, self.arch, self.device, self.encoder = cfg, arch, device, None
@@ -124,8 +143,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     task = get_task(cfg.task, num_queries=cfg.num_queries)
     device = _device()
     started = time.perf_counter()
-    start_runtime()
+    start_runtime(cfg)
     arch = source_arch(cfg.source, num_frames=cfg.num_frames, image_size=cfg.image_size)
+    for flag, size, count, what in (("--tp", cfg.tp, arch.num_attention_heads, "attention heads"),
+                                    ("--pp", cfg.pp, arch.num_layers, "layers")):
+        if count % size:
+            raise ValueError(f"{flag} {size} does not divide the encoder's {count} {what}; "
+                             "pick one that does")
     train_clips, test_clips = load_splits(cfg, arch)
     task.check(train_clips, "--train-data" if cfg.train_data else "--data")
     task.check(test_clips, "--data")
@@ -134,7 +158,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     for split, clips in (("train", train_clips), ("test", test_clips)):
         feats[split], records[split] = cached_features(
             encoder, cfg.source, clips, depth=cfg.depth, cache_dir=cfg.feature_cache,
-            batch_size=cfg.encode_batch, device=device, log=_log)
+            batch_size=cfg.encode_batch, device=device, log=_log, replicas=encoder_replicas())
     del encoder
     seed = cfg.readout.seed
     targets = {"train": task.targets(train_clips, train=True, seed=seed),

@@ -63,6 +63,29 @@ def test_data_parallel_run_writes_one_result(synthetic4d_dir, tmp_path):
     assert _check_run(out, "tracking", "tracks.png")["world_size"] == 2
 
 
+def test_encoder_split_by_tp_or_pp_gives_the_single_process_features(synthetic4d_dir, tmp_path):
+    """4 ranks as 2 TP-2 replicas, and 2 ranks as one PP-2 pipeline, vs one process."""
+    import torch
+
+    quick = [*_QUICK[:2], "--batch-size", "4", *_QUICK[4:]]
+    runs = {"single": ([], 1), "tp2x2": (["--tp", "2"], 4), "pp2": (["--pp", "2"], 2)}
+    features, metrics = {}, {}
+    for name, (layout, nproc) in runs.items():
+        _run(["--task", "depth", "--preset", "tiny", "--data", str(synthetic4d_dir), "--out",
+              str(tmp_path / name), "--feature-cache", str(tmp_path / f"cache-{name}"),
+              "--no-pictures", *layout, *quick], nproc=nproc)
+        files = sorted((tmp_path / f"cache-{name}").glob("*.pt"))  # same keys: same names
+        features[name] = {f.name: torch.load(f, weights_only=True) for f in files}
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    want = features["single"]
+    assert len(want) == 2  # train and test
+    for name in ("tp2x2", "pp2"):
+        assert features[name].keys() == want.keys()
+        for key, value in want.items():
+            torch.testing.assert_close(features[name][key], value, rtol=1e-5, atol=1e-5)
+        assert metrics[name]["abs_rel"] == pytest.approx(metrics["single"]["abs_rel"], rel=1e-3)
+
+
 def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path):
     """Official key layout (random arrays) -> megavid checkpoint -> depth readout at 8x64x64."""
     from tests.interop.helpers import make_fourds_npz
@@ -87,6 +110,9 @@ def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path):
     (["--data", "/no/such/dataset"], "--data"),
     (["--batch-size", "0"], "--batch-size"),
     (["--synthetic-scenes", "4", "--data", "/tmp"], "--synthetic-scenes"),
+    (["--tp", "0"], "--tp"),
+    (["--tp", "3"], "--tp 3 x --pp 1 does not divide the 1 processes"),
+    (["--pp", "4"], "--tp 1 x --pp 4 does not divide the 1 processes"),
 ])
 def test_bad_flags_stop_with_the_flag_and_the_fix(args, flag, capsys):
     from megavid.eval.__main__ import main
