@@ -8,9 +8,17 @@ import pytest
 
 from megavid.parallel.host_memory import keep_freed_memory
 
+# The program first pins glibc to its start-up thresholds (128 KiB), which
+# hands every 8 MiB block back to the kernel on free. Left to itself glibc
+# raises its mmap threshold dynamically, and whether it then trims depends on
+# the machine (a CI run once kept everything without our help), so the control
+# would not be deterministic. keep_freed_memory() must override the pinning.
 _PROGRAM = """
-import resource, sys, torch
+import ctypes, ctypes.util, resource, sys, torch
 from megavid.parallel.host_memory import keep_freed_memory
+mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 kept = keep_freed_memory()
 def cycle():  # a step's worth of activation-sized blocks, allocated, written, freed
     blocks = [torch.ones(2048, 1024) for _ in range(50)]  # 50 x 8 MiB
@@ -39,7 +47,7 @@ def test_reallocation_does_not_page_fault():
     pages = 5 * 50 * 8 * 2**20 // 4096  # pages written after the warm-up: 512,000
     assert faults < pages // 100, faults
     _, default_faults = _faults(keep=False)
-    assert default_faults > 10 * max(faults, 1)  # glibc's default hands the memory back
+    assert default_faults > pages // 2, default_faults  # without it every block is mapped anew
 
 
 def test_opt_out():
