@@ -27,16 +27,29 @@ _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit (HEAP_MAX_SIZE / 2)
 _TRIM_NEVER = 2**31 - 1
 
 
-@functools.lru_cache(maxsize=None)
+_USER_SETTINGS = ("LD_PRELOAD", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+_TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold")
+
+
+def user_malloc_settings() -> list[str]:
+    """The environment's own malloc choices, which megavid must not override."""
+    found = [name for name in _USER_SETTINGS if os.environ.get(name)]
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    found += [t for t in _TUNABLES if t + "=" in tunables]
+    return found
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory; False where there is no glibc.
 
-    ``MEGAVID_KEEP_FREED_MEMORY=0`` leaves malloc alone (an explicit
-    ``MALLOC_TRIM_THRESHOLD_`` or an LD_PRELOADed allocator also wins).
+    ``MEGAVID_KEEP_FREED_MEMORY=0`` leaves malloc alone, and so does a user's
+    own choice: a ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_``, a
+    ``GLIBC_TUNABLES`` naming either threshold, or an LD_PRELOADed allocator.
     """
     if os.environ.get("MEGAVID_KEEP_FREED_MEMORY", "1") == "0":
         return False
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ or "LD_PRELOAD" in os.environ:
+    if user_malloc_settings():
         return False
     name = ctypes.util.find_library("c")
     try:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from megavid.parallel.host_memory import keep_freed_memory
+from megavid.parallel.host_memory import keep_freed_memory, user_malloc_settings
 
 # The program first pins glibc to its start-up thresholds (128 KiB), which
 # hands every 8 MiB block back to the kernel on free. Left to itself glibc
@@ -32,7 +32,8 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(keep: bool) -> tuple[bool, int]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_TRIM_THRESHOLD_")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")}
     env["MEGAVID_KEEP_FREED_MEMORY"] = "1" if keep else "0"
     out = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
@@ -50,11 +51,26 @@ def test_reallocation_does_not_page_fault():
     assert default_faults > pages // 2, default_faults  # without it every block is mapped anew
 
 
-def test_opt_out():
-    os.environ["MEGAVID_KEEP_FREED_MEMORY"] = "0"
+@pytest.mark.parametrize("name,value", [
+    ("MEGAVID_KEEP_FREED_MEMORY", "0"),
+    ("MALLOC_TRIM_THRESHOLD_", "1048576"),
+    ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+    ("LD_PRELOAD", "libjemalloc.so.2"),
+    ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0"),
+])
+def test_the_users_own_malloc_settings_win(monkeypatch, name, value):
+    for other in ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+    keep_freed_memory.cache_clear()
     try:
-        keep_freed_memory.cache_clear()
         assert keep_freed_memory() is False
     finally:
-        del os.environ["MEGAVID_KEEP_FREED_MEMORY"]
         keep_freed_memory.cache_clear()
+
+
+def test_unrelated_tunables_do_not_count(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    for other in ("LD_PRELOAD", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(other, raising=False)
+    assert user_malloc_settings() == []
