@@ -139,17 +139,14 @@ class LazyEncoder:
 def run_eval(cfg: EvalConfig) -> dict:
     """Train and evaluate one readout; returns what ``metrics.json`` holds (on rank 0)."""
     from megavid.models import source_arch
+    from megavid.parallel.layout import check_model_split
 
     task = get_task(cfg.task, num_queries=cfg.num_queries)
     device = _device()
     started = time.perf_counter()
     start_runtime(cfg)
     arch = source_arch(cfg.source, num_frames=cfg.num_frames, image_size=cfg.image_size)
-    for flag, size, count, what in (("--tp", cfg.tp, arch.num_attention_heads, "attention heads"),
-                                    ("--pp", cfg.pp, arch.num_layers, "layers")):
-        if count % size:
-            raise ValueError(f"{flag} {size} does not divide the encoder's {count} {what}; "
-                             "pick one that does")
+    check_model_split(arch, cfg.tp, cfg.pp, decoder=False)
     train_clips, test_clips = load_splits(cfg, arch)
     task.check(train_clips, "--train-data" if cfg.train_data else "--data")
     task.check(test_clips, "--data")

@@ -18,6 +18,7 @@ from megavid.models.layer_specs import get_layer_spec, transformer_engine_availa
 from megavid.models.mae import VideoMAEChunk
 from megavid.models.masking import num_visible
 from megavid.models.presets import ModelArch
+from megavid.parallel.layout import check_model_split
 
 
 def resolve_backend(requested: str, *, fp8: str | None = None) -> str:
@@ -150,9 +151,7 @@ def build_encoder_chunk(model_cfg: ModelConfig) -> VideoMAEChunk:
     arch = model_cfg.resolved_arch()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    if arch.num_layers % pp:
-        raise ConfigError(f"pipeline size {pp} does not divide the encoder's {arch.num_layers} "
-                          "layers; pick one that does")
+    check_model_split(arch, tp, pp, decoder=False)
     cfg = RunConfig(model=model_cfg)
     cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
     config = transformer_config(cfg, width=arch.hidden_size, ffn=arch.ffn_hidden_size,

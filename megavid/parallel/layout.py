@@ -25,6 +25,32 @@ class Layout:
     num_microbatches: int  # per data-parallel rank and optimizer step
 
 
+def check_model_split(arch, tp: int, pp: int, vpp: int = 1, *, decoder: bool = True) -> None:
+    """TP must divide each head count and FFN width it shards, PP x VPP the layers it
+    cuts; ``decoder=False`` checks the encoder alone (feature extraction)."""
+    heads = [(arch.num_attention_heads, "num_attention_heads")]
+    widths = [(arch.ffn_hidden_size, "ffn_hidden_size")]
+    layers, which = arch.num_layers, "of the encoder"
+    if decoder:
+        heads.append((arch.decoder_num_attention_heads, "decoder_num_attention_heads"))
+        widths.append((arch.decoder_ffn_hidden_size, "decoder_ffn_hidden_size"))
+        layers += arch.decoder_num_layers
+        which = f"(encoder {arch.num_layers} + decoder {arch.decoder_num_layers})"
+    for count, flag in heads:
+        if count % tp:
+            raise LayoutError(
+                f"--tp {tp} does not divide model.arch.{flag}={count}; pick a --tp that divides it"
+            )
+    for width, flag in widths:
+        if width % tp:
+            raise LayoutError(f"--tp {tp} does not divide model.arch.{flag}={width}")
+    if layers % (pp * vpp):
+        raise LayoutError(
+            f"--pp {pp} x --vpp {vpp} = {pp * vpp} does not divide the {layers} layers {which}; "
+            "pick pp*vpp dividing the layer count"
+        )
+
+
 def resolve_layout(cfg: RunConfig, world_size: int) -> Layout:
     """Derive DP and micro-batches per step from the config and world size."""
     par, tc = cfg.parallel, cfg.train
@@ -38,23 +64,7 @@ def resolve_layout(cfg: RunConfig, world_size: int) -> Layout:
             f"world size {world_size} is not divisible by --tp {tp} x --pp {pp} = {tp * pp}; "
             "change --tp/--pp or the number of processes"
         )
-    for heads, flag in ((arch.num_attention_heads, "num_attention_heads"),
-                        (arch.decoder_num_attention_heads, "decoder_num_attention_heads")):
-        if heads % tp:
-            raise LayoutError(
-                f"--tp {tp} does not divide model.arch.{flag}={heads}; pick a --tp that divides it"
-            )
-    for width, flag in ((arch.ffn_hidden_size, "ffn_hidden_size"),
-                        (arch.decoder_ffn_hidden_size, "decoder_ffn_hidden_size")):
-        if width % tp:
-            raise LayoutError(f"--tp {tp} does not divide model.arch.{flag}={width}")
-    total = arch.num_layers + arch.decoder_num_layers
-    if total % (pp * vpp):
-        raise LayoutError(
-            f"--pp {pp} x --vpp {vpp} = {pp * vpp} does not divide the {total} layers "
-            f"(encoder {arch.num_layers} + decoder {arch.decoder_num_layers}); "
-            "pick pp*vpp dividing the layer count"
-        )
+    check_model_split(arch, tp, pp, vpp)
     dp = world_size // (tp * pp)
     per_step = tc.micro_batch_size * dp
     if tc.global_batch_size % per_step:
