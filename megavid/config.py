@@ -236,13 +236,11 @@ def saved_arch(load: str | Path) -> dict:
     directory). Errors are left to the trainer's load, which names them properly.
     """
     from megavid.training.checkpoint_dirs import resolve_load_dir
+    from megavid.training.common_state import read_common
 
     try:
         directory, _ = resolve_load_dir(load, fallback=True)
-        import torch
-
-        common = torch.load(directory / "common.pt", map_location="cpu", weights_only=True)
-        model = common["common"]["config"]["model"]
+        model = read_common(directory)["config"]["model"]
     except Exception:  # missing, damaged or foreign: the trainer's load names the problem
         return {}
     return {key: model[key] for key in ARCH_FIELDS if key in model}

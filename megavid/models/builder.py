@@ -88,9 +88,11 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
         pipeline_dtype=dtype,
         bf16=tc.precision == "bf16",
         variable_seq_lengths=True,  # encoder and decoder chunks send different shapes
-        moe_token_dispatcher_type="alltoall",  # no MoE; the default refuses variable lengths
-        # megatron-core's initialisation only tags TP-sharded parameters (partition dim,
-        # which grad-norm and checkpointing need); megavid.parallel.init sets the values.
+        # no MoE; the default dispatcher refuses variable lengths (0.16.1 and 0.19.2)
+        moe_token_dispatcher_type="alltoall",
+        # megatron-core 0.16's initialisation alone tags TP-sharded parameters (partition
+        # dim, which grad-norm and checkpointing need; 0.19 tags them either way);
+        # megavid.parallel.init sets the values.
         perform_initialization=True,
         init_method=torch.nn.init.zeros_,
         output_layer_init_method=torch.nn.init.zeros_,
@@ -101,7 +103,8 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
         persist_layer_norm=False,
         apply_rope_fusion=False,
         deallocate_pipeline_outputs=True,
-        batch_p2p_comm=False,  # batched, PP=2 interleaving crosses activations and gradients
+        # batched, PP=2 interleaving crosses activations and gradients (0.16.1 and 0.19.2)
+        batch_p2p_comm=False,
         **recompute,
         **fp8,
     )

@@ -153,7 +153,7 @@ def _read_source(source, *, weights: bool = True) -> tuple[ModelConfig, dict | N
         directory, _ = resolve_load_dir(path, fallback=False)
         arch = saved_arch(directory)
         if not arch:
-            raise ValueError(f"{directory}: no model config in its common.pt")
+            raise ValueError(f"{directory}: no model config in its common state")
         return ModelConfig(**arch), None, directory
     raise FileNotFoundError(
         f"load_encoder: {source!r} is not a preset ({', '.join(PRESETS)}), a 4DS .npz file, a "

@@ -10,6 +10,8 @@ fused q/k/v projection without a bias while the other linears keep theirs.
 
 from __future__ import annotations
 
+import functools
+
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
@@ -89,6 +91,19 @@ def _te_spec(mask_type: AttnMaskType) -> ModuleSpec:
                        fc1=TELayerNormColumnParallelLinear, fc2=TERowParallelLinear)
 
 
+def _mlp_spec(submodules: MLPSubmodules):
+    """The MLP submodule as the installed megatron-core builds it.
+
+    megatron-core 0.18+ builds a layer's MLP through ``MLP.as_mlp_submodule``
+    (its own specs pass ``partial(MLP.as_mlp_submodule, submodules=...)``) and
+    re-wraps a plain ``ModuleSpec(module=MLP)`` with a warning; 0.16 has no such
+    classmethod and needs the ``ModuleSpec``.
+    """
+    if hasattr(MLP, "as_mlp_submodule"):
+        return functools.partial(MLP.as_mlp_submodule, submodules=submodules)
+    return ModuleSpec(module=MLP, submodules=submodules)
+
+
 def _layer_spec(mask_type: AttnMaskType, *, norm, qkv, core_attention, proj, fc1,
                 fc2) -> ModuleSpec:
     """The one pre-LN block tree; the backends differ only in the classes plugged in."""
@@ -104,7 +119,7 @@ def _layer_spec(mask_type: AttnMaskType, *, norm, qkv, core_attention, proj, fc1
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=norm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2)),
+            mlp=_mlp_spec(MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2)),
             mlp_bda=get_bias_dropout_add,
         ),
     )

@@ -16,8 +16,8 @@ False -- bridges exactly that:
    that megatron-core's optimizer and grad-clipping checks compare against.
 
 Nothing else in megavid knows whether it runs on CPU or GPU. Checked against
-megatron-core 0.16 (the version pinned in pyproject.toml); tests in
-``tests/parallel/test_cpu_compat.py``.
+both ends of the supported megatron-core range, 0.16.1 and 0.19.2 (CI runs its
+tests, ``tests/parallel/test_cpu_compat.py``, and the parity suite on each).
 """
 
 from __future__ import annotations
@@ -125,8 +125,12 @@ def _patch_torch_cuda() -> None:
 def _patch_megatron_rng() -> None:
     from megatron.core.tensor_parallel import random as mcore_random
 
-    mcore_random._get_cuda_rng_state = _get_rng_state
-    mcore_random._set_cuda_rng_state = _set_rng_state
+    for name, replacement in (("_get_cuda_rng_state", _get_rng_state),
+                              ("_set_cuda_rng_state", _set_rng_state)):
+        if not hasattr(mcore_random, name):  # renamed upstream: fail here, not in a tracker fork
+            raise RuntimeError(f"megatron.core.tensor_parallel.random.{name} is gone in this "
+                               "megatron-core; megavid's CPU bridge needs updating for it")
+        setattr(mcore_random, name, replacement)
 
 
 def install() -> bool:

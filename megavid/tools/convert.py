@@ -60,8 +60,9 @@ def read_megavid(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
 
     from megavid.models.builder import build_model_chunks
     from megavid.parallel.init import layout_free_state
-    from megavid.training.checkpoint import load_weights, read_common
+    from megavid.training.checkpoint import load_weights
     from megavid.training.checkpoint_dirs import resolve_load_dir
+    from megavid.training.common_state import read_common
 
     directory, _ = resolve_load_dir(path, fallback=False)
     saved = read_common(directory).get("config", {}).get("model", {})

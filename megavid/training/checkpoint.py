@@ -20,8 +20,9 @@ verification, pruning) lives in ``checkpoint_dirs``.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
-import pickle
 import signal
 import time
 from pathlib import Path
@@ -33,11 +34,18 @@ from megatron.core.dist_checkpointing.core import CheckpointingException
 from torch.distributed.checkpoint.api import CheckpointException as DCPException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import StrictHandling
+from megatron.core.dist_checkpointing.validation import maybe_report_missing_and_unexpected_keys
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.utils import get_attr_wrapped_model
 
 from megavid.config import CheckpointConfig
 from megavid.training import checkpoint_dirs as dirs
+from megavid.training.common_state import (
+    COMMON_STATE_KEY,
+    load_kwargs,
+    read_common,
+    weights_only_loads,
+)
 
 _METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -79,11 +87,12 @@ def _unwrap(chunk):
 def _prepare_fresh_optimizer(optimizer) -> None:
     """Give a never-stepped optimizer the state an untouched Adam would have.
 
-    megatron-core 0.16's ``DistributedOptimizer.state_dict()`` (called to build the
+    megatron-core's ``DistributedOptimizer.state_dict()`` (called to build the
     loading view) asserts that all of torch Adam's states share one ``step`` when
     neither apex nor TE supplies the fused Adam; a fresh optimizer has no states at
     all, so loading into it would fail. Its own ``init_state_fn`` adds the moments
-    but not the step.
+    but not the step. Seen on megatron-core 0.16.1 and 0.19.2 (without this, 0.19.2
+    fails the reshard test with an AssertionError).
     """
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(opt, "optimizer", None)
@@ -106,12 +115,13 @@ def _first_reason(err: Exception) -> str:
 
 
 def _load_optimizer(optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict``, around a megatron-core 0.16 slip with torch's Adam.
+    """``optimizer.load_state_dict``, around a megatron-core slip with torch's Adam.
 
     Without apex/TE, ``DistributedOptimizer.load_state_dict`` first gives every Adam
     state its ``step`` and then copies the loaded tensors into *every* key of that
     state, ``step`` included, which the loaded tensors never carry (KeyError). So the
-    parameter state is loaded here with ``step`` set aside for the copy.
+    parameter state is loaded here with ``step`` set aside for the copy. Seen on
+    megatron-core 0.16.1 and 0.19.2 (``KeyError: 'step'`` without it).
     """
     inner = getattr(optimizer, "chained_optimizers", [optimizer])
     if (len(inner) != 1 or type(inner[0]).__name__ != "DistributedOptimizer"
@@ -128,6 +138,28 @@ def _load_optimizer(optimizer, state: dict) -> None:
     finally:
         for param, step in steps.items():
             adam_state[param]["step"] = step
+
+
+def _load(state: dict, directory: Path, strict: StrictHandling):
+    """``dist_checkpointing.load`` as every megavid load calls it: either megatron-core
+    version's files, and no pickled objects (see ``common_state.weights_only_loads``)."""
+    with weights_only_loads():
+        return dist_checkpointing.load(state, str(directory), strict=strict, **load_kwargs())
+
+
+def _load_sharded(state: dict, directory: Path, *, every_key: bool) -> dict:
+    """``dist_checkpointing.load``; ``every_key``: the checkpoint and ``state`` hold the same keys.
+
+    A new layout cannot use the old per-rank RNG states, so that key alone may go
+    unread. megatron-core 0.17+ also stores the common state as a ``common_state``
+    object among the sharded ones: its own loader skips that key, 0.16's would call
+    it missing, so it is set aside here (``common_state`` reads it).
+    """
+    if not every_key:
+        return _load(state, directory, StrictHandling.LOG_UNEXPECTED)
+    loaded, missing, unexpected = _load(state, directory, StrictHandling.RETURN_ALL)
+    maybe_report_missing_and_unexpected_keys(missing - {COMMON_STATE_KEY}, unexpected)
+    return loaded
 
 
 def _sharded_state(model, optimizer, *, is_loading: bool, with_rng: bool) -> dict:
@@ -150,16 +182,6 @@ def _maybe_inject_crash(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def read_common(directory: Path) -> dict:
-    """The common (non-sharded) part of a checkpoint, refusing anything but plain data."""
-    try:
-        return dist_checkpointing.load_common_state_dict(str(directory))["common"]
-    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused it
-        raise dirs.CheckpointError(
-            f"{directory}/common.pt holds objects that are not plain data; refusing to "
-            f"unpickle them ({str(err).splitlines()[0]})") from None
-
-
 def load_weights(model, directory: Path) -> None:
     """Model tensors only, into this rank's chunks (any layout); optimizer state is not read.
 
@@ -170,8 +192,7 @@ def load_weights(model, directory: Path) -> None:
     state = {f"model{i}": _unwrap(chunk).sharded_state_dict(metadata=_METADATA)
              for i, chunk in enumerate(model)}
     try:
-        loaded = dist_checkpointing.load(state, str(directory),
-                                         strict=StrictHandling.RAISE_UNEXPECTED)
+        loaded = _load(state, directory, StrictHandling.RAISE_UNEXPECTED)
     except (CheckpointingException, DCPException) as err:  # e.g. a shape mismatch
         raise dirs.CheckpointError(f"{directory}: {_first_reason(err)}") from None
     for i, chunk in enumerate(model):
@@ -207,13 +228,36 @@ def save_weights(model, root: Path, *, step: int, common: dict) -> Path:
     return path
 
 
+# 0.17+ chooses among asynchronous writers; 0.16 has only its own.
+_CHOOSES_ASYNC_WRITER = "async_strategy" in inspect.signature(dist_checkpointing.save).parameters
+if _CHOOSES_ASYNC_WRITER:
+    # 0.17+ logs that its own writer ("mcore") is deprecated whenever it runs, and its
+    # synchronous save runs through it too: a note on megatron-core's internals, not one
+    # a megavid user can act on (see _async_writer for why megavid asks for it)
+    logging.getLogger("megatron.core.dist_checkpointing.strategies.torch").addFilter(
+        lambda record: "async save is deprecated" not in record.getMessage())
+
+
+def _async_writer() -> tuple[AsyncCallsQueue, dict]:
+    """(calls queue, ``dist_checkpointing.save`` kwargs) for asynchronous saves.
+
+    megatron-core 0.16 has one asynchronous writer, its own, in a forked process.
+    0.17+ adds ``async_strategy``, defaulting to ``"nvrx"`` (NVIDIA Resiliency
+    Extension), which needs nvidia-resiliency-ext >= 0.6 (0.19.2's minimum); PyPI's
+    newest is 0.4.1, whose mere presence makes 0.19.2's checkpoint module fail to
+    import. megavid therefore asks for megatron-core's own writer, ``"mcore"``, on
+    every version in the supported range.
+    """
+    return AsyncCallsQueue(), ({"async_strategy": "mcore"} if _CHOOSES_ASYNC_WRITER else {})
+
+
 class Checkpointer:
     """Saves every ``save_interval`` steps and on demand; loads at start-up."""
 
     def __init__(self, cfg: CheckpointConfig, *, info=print):
         self.cfg = cfg
         self.info = info
-        self.async_queue = AsyncCallsQueue() if cfg.async_save else None
+        self.async_queue, self._async_kwargs = _async_writer() if cfg.async_save else (None, {})
         self.last_saved_step: int | None = None
 
     def due(self, step: int) -> bool:
@@ -231,7 +275,8 @@ class Checkpointer:
         state["common"] = {**common, "step": step, "scheduler": scheduler.state_dict(),
                            "layout": _layout(optimizer)}
         request = dist_checkpointing.save(state, str(target), async_sharded_save=self.async_queue
-                                          is not None, content_metadata={"step": step})
+                                          is not None, content_metadata={"step": step},
+                                          **self._async_kwargs)
         if self.async_queue is None:
             dist.barrier()  # every rank's shards are on disk
             _maybe_inject_crash(step)
@@ -282,10 +327,8 @@ class Checkpointer:
         same_layout = saved == current
         _prepare_fresh_optimizer(optimizer)
         state = _sharded_state(model, optimizer, is_loading=True, with_rng=same_layout)
-        # a new layout cannot use the old per-rank RNG states: that key alone may go unread
-        strict = StrictHandling.RAISE_ALL if same_layout else StrictHandling.LOG_UNEXPECTED
         try:
-            loaded = dist_checkpointing.load(state, str(directory), strict=strict)
+            loaded = _load_sharded(state, directory, every_key=same_layout)
         except (CheckpointingException, DCPException) as err:  # e.g. a shape mismatch
             raise dirs.CheckpointError(f"{directory}: {_first_reason(err)}") from None
         for i, chunk in enumerate(model):

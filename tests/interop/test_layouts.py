@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from megavid.training.common_state import read_common
 from tests.conftest import REPO, free_port, subprocess_env
 from tests.interop.features_worker import DEPTHS
 from tests.interop.helpers import make_fourds_npz
@@ -41,7 +42,7 @@ def test_tp2_and_pp2_give_tp1_features(single_process, tmp_path):
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert torch.load(ckpt / "iter_0000000" / "common.pt")["common"]["layout"] == {"tp": 2, "pp": 1}
+    assert read_common(ckpt / "iter_0000000")["layout"] == {"tp": 2, "pp": 1}
 
     video = torch.rand(2, 4, 24, 24, 3, generator=torch.Generator().manual_seed(0))
     reference = {}
