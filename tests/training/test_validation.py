@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from megavid.models.mae_ops import mae_loss, normalize_patches, patchify
+from megavid.models.mae_ops import (mae_loss, normalize_patches, normalize_patches_per_channel,
+                                    patchify)
 from megavid.models.masking import make_masks
 from megavid.models.presets import get_preset
 from megavid.training.pictures import reconstruction_arrays
@@ -137,19 +138,24 @@ def test_visualize_error_is_the_model_loss(demo, tmp_path):
         assert (tmp_path / f"valid_{i:03d}.mp4").stat().st_size > 1_000
 
 
-def test_norm_pix_reconstruction_uses_each_tubelets_statistics():
+@pytest.mark.parametrize("style", ["mae", "videomae"])
+def test_norm_pix_reconstruction_uses_each_tubelets_statistics(style):
     arch = get_preset("tiny")
     video = torch.rand(1, arch.num_frames, arch.image_size, arch.image_size, 3)
     _, mask = make_masks(torch.tensor([7]), grid=arch.grid, mask_ratio=0.75, masking="random",
                          seed=0)
     patches = patchify(video, arch.tubelet)
-    perfect = normalize_patches(patches)  # the normalised target itself
-    arrays = reconstruction_arrays(video[0], perfect[0], mask[0], arch=arch, norm_pix=True)
+    # the normalised target itself: the picture must give back the clip
+    perfect = (normalize_patches(patches) if style == "mae"
+               else normalize_patches_per_channel(patches, arch.channels))
+    kw = dict(arch=arch, norm_pix=True, norm_pix_style=style)
+    arrays = reconstruction_arrays(video[0], perfect[0], mask[0], **kw)
     assert arrays["loss"] == pytest.approx(0.0, abs=1e-10)
     np.testing.assert_allclose(arrays["reconstruction"], video[0].numpy(), atol=1e-4)
     noisy = perfect + 0.3 * torch.randn_like(perfect)
-    arrays = reconstruction_arrays(video[0], noisy[0], mask[0], arch=arch, norm_pix=True)
-    want = mae_loss(noisy, patches, mask, norm_pix=True).item()
+    arrays = reconstruction_arrays(video[0], noisy[0], mask[0], **kw)
+    target = perfect if style == "videomae" else patches  # what the training step feeds the loss
+    want = mae_loss(noisy, target, mask, norm_pix=style == "mae").item()
     assert arrays["loss"] == pytest.approx(want, rel=1e-5)
     assert float(arrays["error"][arrays["pixel_mask"]].mean()) == pytest.approx(want, rel=1e-5)
     assert (arrays["error"][~arrays["pixel_mask"]] == 0).all()
