@@ -9,6 +9,7 @@ world size live in ``megavid/parallel/layout.py``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
@@ -338,7 +339,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--lr-warmup-iters {tc.lr_warmup_iters} must be >= 0")
     if tc.eval_interval < 0 or tc.eval_iters < 0:
         raise ConfigError(f"--eval-interval {tc.eval_interval} and --eval-iters {tc.eval_iters} "
-                          "must be >= 0 (0 turns validation off)")
+                          "must be >= 0 (--eval-iters 0: no validation; --eval-interval 0: only "
+                          "after the last step)")
     _validate_logging(cfg)
     if not 0 <= tc.min_lr <= tc.lr:
         raise ConfigError(
@@ -382,6 +384,9 @@ def _validate_logging(cfg: RunConfig) -> None:
         raise ConfigError(f"--log-images-interval {log.log_images_interval} must be >= 0")
     if (log.wandb_exp_name or log.wandb_save_dir) and not log.wandb_project:
         raise ConfigError("--wandb-exp-name/--wandb-save-dir need --wandb-project NAME")
+    if log.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--wandb-project needs Weights & Biases: pip install 'megavid[wandb]' "
+                          "(or drop --wandb-project)")
 
 
 def has_validation(cfg: RunConfig) -> bool:

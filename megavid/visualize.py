@@ -61,7 +61,7 @@ def load_run_config(ckpt: str, valid_data: str | None) -> tuple[RunConfig, Path]
     data = read_common(directory).get("config")
     if not data:
         raise CheckpointError(f"--ckpt {ckpt}: the checkpoint holds no run config")
-    data = {**data, "parallel": {}, "checkpoint": {}}
+    data = {**data, "parallel": {}, "checkpoint": {}, "log": {}}  # one process, no logging
     if valid_data:
         data["data"] = {**data.get("data", {}), "valid_path": valid_data, "valid_fraction": 0.0}
     if not torch.cuda.is_available():

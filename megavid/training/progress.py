@@ -25,12 +25,8 @@ def default_log_dir() -> Path:
 
 
 def _start_wandb(cfg: LogConfig, log_dir: Path, resolved_config: dict):
-    """A W&B run (rank 0 only), or a one-line error naming the missing extra."""
-    try:
-        import wandb  # optional: pip install 'megavid[wandb]'
-    except ImportError:
-        raise ImportError("--wandb-project needs Weights & Biases: pip install "
-                          "'megavid[wandb]' (or drop --wandb-project)") from None
+    """A W&B run (rank 0 only); config validation checked that wandb is installed."""
+    import wandb  # optional: pip install 'megavid[wandb]'
     save_dir = Path(cfg.wandb_save_dir) if cfg.wandb_save_dir else log_dir
     save_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=cfg.wandb_project, name=cfg.wandb_exp_name, dir=str(save_dir),
