@@ -45,7 +45,16 @@ KNOWN_NOISE = (
 )
 
 
-def install() -> None:
-    """Add the filters (idempotent: ``warnings.filterwarnings`` drops exact duplicates)."""
-    for message, category, _ in KNOWN_NOISE:
+# Advice that is right on GPUs (the SLURM renderer sets the variable there) and means
+# nothing without CUDA: hidden only when the CPU bridge runs (megavid.parallel.runtime)
+CPU_ONLY_NOISE = (
+    (r"When using async grad allreduce it is recommended to set the environment variable "
+     r"CUDA_DEVICE_MAX_CONNECTIONS", UserWarning, "no CUDA streams on CPU"),
+)
+
+
+def install(*, cpu: bool = False) -> None:
+    """Add the filters (idempotent: ``warnings.filterwarnings`` drops exact duplicates);
+    ``cpu``: also those that only a run without CUDA may ignore."""
+    for message, category, _ in KNOWN_NOISE + (CPU_ONLY_NOISE if cpu else ()):
         warnings.filterwarnings("ignore", message=message, category=category)

@@ -25,7 +25,8 @@ if not torch.cuda.is_available():
 def pytest_configure(config):
     # pytest restores the warning filters after each test and collected module, so the ones
     # megavid installs on import would not outlive the first; give pytest the same list
-    for message, category, _ in quiet.KNOWN_NOISE:
+    cpu = () if torch.cuda.is_available() else quiet.CPU_ONLY_NOISE
+    for message, category, _ in quiet.KNOWN_NOISE + cpu:
         config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
 
 
