@@ -48,6 +48,16 @@ _FLAGS = [
      "save and exit after this many minutes"),
     (("--log-dir",), "log.log_dir", str, "run directory (default runs/<timestamp>)"),
     (("--log-interval",), "log.log_interval", int, "steps between console lines"),
+    (("--eval-interval",), "train.eval_interval", int,
+     "steps between validation losses (0: only after the last step)"),
+    (("--eval-iters",), "train.eval_iters", int, "global batches per validation (0: none)"),
+    (("--valid-data", "--valid-data-path"), "data.valid_path", str,
+     "validation clips (default: data.valid_fraction of --data)"),
+    (("--log-images-interval",), "log.log_images_interval", int,
+     "steps between reconstruction pictures in TensorBoard/W&B"),
+    (("--wandb-project",), "log.wandb_project", str, "log to this Weights & Biases project"),
+    (("--wandb-exp-name",), "log.wandb_exp_name", str, "the W&B run's name"),
+    (("--wandb-save-dir",), "log.wandb_save_dir", str, "W&B's files (default: the run dir)"),
 ]
 _SWITCHES = [
     (("--sp", "--sequence-parallel"), "parallel.sequence_parallel", "sequence parallelism"),

@@ -9,6 +9,7 @@ world size live in ``megavid/parallel/layout.py``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
@@ -97,6 +98,8 @@ class TrainConfig:
     global_batch_size: int = 8
     lr: float = 1.5e-3
     min_lr: float = 1e-5
+    # linear warm-up steps; a run shorter than that warms up over train_iters - 1 steps
+    # instead, with one line saying so (resolved_warmup_iters)
     lr_warmup_iters: int = 5
     weight_decay: float = 0.05
     adam_beta1: float = 0.9
@@ -109,6 +112,18 @@ class TrainConfig:
     max_consecutive_skips: int = 5  # stop after this many non-finite steps in a row
     loss_spike_factor: float = 3.0  # log a spike when loss > factor x its running mean
     inject_nan_steps: list = field(default_factory=list)  # fault injection: NaN loss at these steps
+    # validation loss every eval_interval steps and after the last one, over eval_iters global
+    # batches of the validation clips (Megatron-LM's flags and defaults); it runs only when
+    # there are validation clips (data.valid_path or data.valid_fraction). eval_interval 0:
+    # only after the last step; eval_iters 0: never
+    eval_interval: int = 1000
+    eval_iters: int = 100
+
+    def resolved_warmup_iters(self) -> int:
+        """The warm-up the schedule uses: megatron-core's scheduler needs warm-up < decay
+        steps (= train_iters), so a run shorter than its warm-up warms up over all but its
+        last step (Megatron-LM stops on that assertion instead)."""
+        return min(self.lr_warmup_iters, self.train_iters - 1)
 
 
 @dataclass
@@ -124,6 +139,12 @@ class DataConfig:
     # threads of each worker's DALI pipeline (a micro-batch's clips decode in parallel on them);
     # 0 = the cores divided among the loader's worker processes
     dali_threads: int = 0
+    # validation clips (same forms as path); their frames and crop are fixed (centred), and
+    # sample i of the validation stream is always masked the same way, whatever --seed says
+    valid_path: Optional[str] = None
+    # with no valid_path: this fraction of path's clips (or of the demo clips) is held out of
+    # training as the validation set, chosen by a hash of each file's name (deterministic)
+    valid_fraction: float = 0.0
 
 
 @dataclass
@@ -146,7 +167,14 @@ class LogConfig:
     log_dir: Optional[str] = None  # None = runs/<timestamp>
     log_interval: int = 1  # optimizer steps between console lines
     tensorboard: bool = True
-    plot: bool = True  # write loss_curve.png at the end
+    # at the end: loss_curve.png, and with validation clips reconstruction.png/.mp4 (the
+    # model's reconstruction of the first validation clip, as `megavid.visualize` draws it)
+    plot: bool = True
+    # every N steps, the same reconstruction grid to TensorBoard and W&B; 0 = never
+    log_images_interval: int = 0
+    wandb_project: Optional[str] = None  # log to Weights & Biases (pip install 'megavid[wandb]')
+    wandb_exp_name: Optional[str] = None  # the W&B run's name (default: W&B's)
+    wandb_save_dir: Optional[str] = None  # where W&B writes its files (default: <log_dir>)
 
 
 @dataclass
@@ -202,6 +230,13 @@ def _coerce(value: Any, hint, where: str):
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected {base.__name__}, got {value!r}") from None
     return value
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """A validated RunConfig from ``RunConfig.to_dict()``'s form (a checkpoint's config)."""
+    cfg = _from_dict(RunConfig, data, "")
+    validate(cfg)
+    return cfg
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = None) -> RunConfig:
@@ -298,11 +333,13 @@ def validate(cfg: RunConfig) -> None:
     tc = cfg.train
     if tc.micro_batch_size < 1 or tc.global_batch_size < 1 or tc.train_iters < 1:
         raise ConfigError("train: micro_batch_size, global_batch_size and train_iters must be >= 1")
-    if not 0 <= tc.lr_warmup_iters < tc.train_iters:
-        raise ConfigError(
-            f"--lr-warmup-iters {tc.lr_warmup_iters} must be >= 0 and below --train-iters "
-            f"{tc.train_iters}"
-        )
+    if tc.lr_warmup_iters < 0:
+        raise ConfigError(f"--lr-warmup-iters {tc.lr_warmup_iters} must be >= 0")
+    if tc.eval_interval < 0 or tc.eval_iters < 0:
+        raise ConfigError(f"--eval-interval {tc.eval_interval} and --eval-iters {tc.eval_iters} "
+                          "must be >= 0 (--eval-iters 0: no validation; --eval-interval 0: only "
+                          "after the last step)")
+    _validate_logging(cfg)
     if not 0 <= tc.min_lr <= tc.lr:
         raise ConfigError(
             f"train.min_lr {tc.min_lr} must be between 0 and --lr {tc.lr} (the schedule decays "
@@ -331,6 +368,28 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError("--vpp must be >= 1")
         if par.pipeline_model_parallel_size < 2 and par.virtual_pipeline_model_parallel_size > 1:
             raise ConfigError("--vpp > 1 needs --pp > 1 (interleaving splits each pipeline rank)")
+
+
+def _validate_logging(cfg: RunConfig) -> None:
+    data, log = cfg.data, cfg.log
+    if not 0.0 <= data.valid_fraction < 1.0:
+        raise ConfigError(f"data.valid_fraction: {data.valid_fraction} must be in [0, 1) (the "
+                          "share of --data's clips held out for validation)")
+    if data.valid_path is not None and data.valid_fraction:
+        raise ConfigError("--valid-data and data.valid_fraction both name validation clips; "
+                          "drop one (data.valid_fraction=0 keeps all of --data for training)")
+    if log.log_images_interval < 0:
+        raise ConfigError(f"--log-images-interval {log.log_images_interval} must be >= 0")
+    if (log.wandb_exp_name or log.wandb_save_dir) and not log.wandb_project:
+        raise ConfigError("--wandb-exp-name/--wandb-save-dir need --wandb-project NAME")
+    if log.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--wandb-project needs Weights & Biases: pip install 'megavid[wandb]' "
+                          "(or drop --wandb-project)")
+
+
+def has_validation(cfg: RunConfig) -> bool:
+    """Whether the run computes a validation loss: clips to validate on and eval_iters > 0."""
+    return bool(cfg.data.valid_path or cfg.data.valid_fraction) and cfg.train.eval_iters > 0
 
 
 def _validate_arch_options(cfg: RunConfig) -> None:

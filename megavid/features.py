@@ -67,9 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from megavid.tools.convert import quiet_known_warnings
-
-    quiet_known_warnings()
     from megavid.models import load_encoder
 
     encoder = load_encoder(args.ckpt, device=args.device, num_frames=args.num_frames,

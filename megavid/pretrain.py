@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 from megavid.cli import parse_args
-
-# megatron-core's import-time notices about optional fused kernels (apex, TE) and torch's
-# renamed collectives: true, known, and not actionable by a megavid user.
-_KNOWN_NOISE = (
-    "Apex is not installed", "Transformer Engine and Apex are not installed",
-    "full scope is deprecated", ".*all_gather_into_tensor.* is deprecated",
-    ".*reduce_scatter_tensor.* is deprecated",
-)
+from megavid.config import ConfigError
+from megavid.parallel import runtime
+from megavid.training.checkpoint_dirs import CheckpointError
+from megavid.training.trainer import CollectiveFailed, Trainer, TrainingStopped
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    for message in _KNOWN_NOISE:
-        warnings.filterwarnings("ignore", message=message)
-    from megavid.parallel import runtime
-    from megavid.config import ConfigError
-    from megavid.training.checkpoint_dirs import CheckpointError
-    from megavid.training.trainer import CollectiveFailed, Trainer, TrainingStopped
-
     try:
         trainer = Trainer(cfg)
     except (ConfigError, CheckpointError) as err:

@@ -12,12 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from megavid import quiet
+
 REPO = Path(__file__).resolve().parents[1]
 
 if not torch.cuda.is_available():
     # Triton reads this when first imported (megatron.core imports it): set it before any
     # test module imports megatron, so the kernel tests can run in the CPU interpreter.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    # pytest restores the warning filters after each test and collected module, so the ones
+    # megavid installs on import would not outlive the first; give pytest the same list
+    cpu = () if torch.cuda.is_available() else quiet.CPU_ONLY_NOISE
+    for message, category, _ in quiet.KNOWN_NOISE + cpu:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from kernels.bench.compute import bench_attention, bench_gemm, bench_layernorm, 
 from kernels.bench.decode import bench_decode
 from kernels.bench.triton_bench import bench_triton
 from megavid.tools.bench_results import write_results
+from megavid.tools.tables import Column, print_table
+
+REPORT_COLUMNS = [
+    Column("name", "name", justify="left"), Column("value", "value", "{:.4g}".format),
+    Column("unit", "unit"), Column("time_ms", "ms", "{:.3f}".format),
+    Column("frac_peak", "% peak", lambda v: f"{100 * v:.1f}"),
+]
 
 BENCHES = {
     "gemm": bench_gemm,
@@ -37,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(GEMM runs bf16 always)")
     parser.add_argument("--preset", default=None, help="attention: model preset for heads/head dim "
                         "(default 4ds-l)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results object (the --out file's content), no tables")
     return parser.parse_args(argv)
 
 
@@ -51,24 +61,12 @@ def make_context(args: argparse.Namespace) -> Context:
 
 
 def print_report(name: str, rep: Report, seconds: float) -> None:
-    """A rich table of one benchmark's rows, then its ratios and notes."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{name} ({seconds:.1f} s)", title_justify="left")
-    for col in ("name", "value", "unit", "ms", "% peak"):
-        table.add_column(col, justify="left" if col == "name" else "right")
-    for row in rep.results:
-        frac = row.get("frac_peak")
-        table.add_row(row["name"], f"{row['value']:.4g}", row["unit"],
-                      f"{row['time_ms']:.3f}" if "time_ms" in row else "",
-                      f"{100 * frac:.1f}" if frac is not None else "")
-    console = Console()
-    console.print(table)
+    """One benchmark's rows as a table (complete values off a terminal), its ratios, notes."""
+    print_table(rep.results, REPORT_COLUMNS, title=f"{name} ({seconds:.1f} s)")
     for key, value in rep.ratios.items():
-        console.print(f"  ratio {key}: {value:.3g}x")
+        print(f"  ratio {key}: {value:.3g}x")
     for note in rep.notes:
-        console.print(f"  [yellow]note[/yellow] {note}")
+        print(f"  note: {note}")
 
 
 def save_plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict) -> None:
@@ -112,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         start = time.perf_counter()
         rep = BENCHES[name](ctx, args.preset) if name == "attention" else BENCHES[name](ctx)
-        print_report(name, rep, time.perf_counter() - start)
+        if not args.json:
+            print_report(name, rep, time.perf_counter() - start)
         merged.results += rep.results
         merged.ratios |= rep.ratios
         merged.notes += rep.notes
@@ -123,5 +122,5 @@ def main(argv: list[str] | None = None) -> dict:
                 "quick": ctx.quick, "peaks": peaks}
     obj = write_results(out, f"kernels.{args.command}", merged.results, merged.ratios,
                         notes=merged.notes, extra={"settings": settings})
-    print(f"wrote {out}")
+    print(json.dumps(obj, indent=1) if args.json else f"wrote {out}")
     return obj

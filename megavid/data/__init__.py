@@ -6,10 +6,11 @@ the synthetic clips a run uses when ``data.path`` is unset.
 
 from megavid.data.decode import DecodeError, PyAVDecoder, VideoDecoder, VideoInfo, build_decoder
 from megavid.data.demo_clips import ensure_demo_clips
-from megavid.data.loader import VideoLoader, build_train_loader
+from megavid.data.loader import VALID_SEED, VideoLoader, build_train_loader, build_valid_loader
 from megavid.data.sources import Clip, list_clips
 
 __all__ = [
     "Clip", "DecodeError", "PyAVDecoder", "VideoDecoder", "VideoInfo", "VideoLoader",
-    "build_decoder", "build_train_loader", "ensure_demo_clips", "list_clips",
+    "VALID_SEED", "build_decoder", "build_train_loader", "build_valid_loader", "ensure_demo_clips",
+    "list_clips",
 ]

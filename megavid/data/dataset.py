@@ -26,8 +26,8 @@ from megavid.data.decode import DecodeError, VideoDecoder, VideoInfo
 from megavid.data.media import Media
 from megavid.data.sampling import EpochPermutation
 from megavid.data.sources import Clip, label_ids
-from megavid.data.transforms import (CropPlan, FramePlan, crop_resize, plan_crop, plan_frames,
-                                     sample_rng)
+from megavid.data.transforms import (CropPlan, FramePlan, crop_resize, plan_centre_crop,
+                                     plan_crop, plan_frames, sample_rng)
 
 # Upsampling more than 4x invents the pixels an MAE is asked to reconstruct.
 MIN_SIDE_FRACTION = 0.25  # of the model's image size: shorter frames are skipped_too_small
@@ -47,10 +47,15 @@ class SamplePlan:
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
-    """Map-style dataset over global positions: ``ds[p]`` -> {"video", "index", "events"}."""
+    """Map-style dataset over global positions: ``ds[p]`` -> {"video", "index", "events"}.
+
+    ``augment=False`` (validation): the centred frame window and the centred square
+    crop, unflipped; which file a position reads still follows the seeded order.
+    """
 
     def __init__(self, files: list[Clip | Path], *, decoder: VideoDecoder, num_frames: int,
-                 image_size: int, frame_stride: int, value_range: str, seed: int):
+                 image_size: int, frame_stride: int, value_range: str, seed: int,
+                 augment: bool = True):
         if not files:
             raise ValueError("VideoClipDataset needs at least one file")
         self.clips = [f if isinstance(f, Clip) else Clip(Path(f)) for f in files]
@@ -58,6 +63,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.decoder, self.seed = decoder, seed
         self.num_frames, self.image_size = num_frames, image_size
         self.frame_stride, self.value_range = frame_stride, value_range
+        self.augment = augment
         self.order = EpochPermutation(len(self.files), seed)
         self.labels, self.label_names = label_ids(self.clips)  # (N,) int64, -1 = no label
         self._bad: dict[int, str] = {}  # file id -> skip reason, per process
@@ -80,7 +86,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         if min(height, width) < MIN_SIDE_FRACTION * self.image_size:
             raise self._skip(file_id, "skipped_too_small")
         first, stop = clip_window(self.clips[file_id], info)
-        frames = plan_frames(rng, stop - first, self.num_frames, self.frame_stride)
+        frames = plan_frames(rng if self.augment else None, stop - first, self.num_frames,
+                             self.frame_stride)
         if frames is None:
             raise self._skip(file_id, "skipped_too_short")
         if first:
@@ -89,8 +96,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         notes = tuple(note for note, applies in (
             ("vfr_resampled", info.timeline is not None), ("rotated_upright", info.rotation != 0),
             ("odd_size_resized", height % 2 == 1 or width % 2 == 1)) if applies)
-        return SamplePlan(file_id, path, frames, plan_crop(rng, height, width), file_frames,
-                          info.rotation, notes)
+        crop = plan_crop(rng, height, width) if self.augment else plan_centre_crop(height, width)
+        return SamplePlan(file_id, path, frames, crop, file_frames, info.rotation, notes)
 
     def __getitem__(self, position: int) -> dict:
         """Sample at global ``position``: video (T, S, S, 3) float32, its index, label

@@ -8,6 +8,7 @@ exactly at the next one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from megavid.config import ConfigError, DataConfig
 from megavid.data import dali
 from megavid.data.dataset import VideoClipDataset, collate_samples
-from megavid.data.sources import list_clips
+from megavid.data.sources import Clip, list_clips
 from megavid.data.decode import DECODERS, build_decoder
 from megavid.data.demo_clips import ensure_demo_clips
 from megavid.data.mock import MockLoader
@@ -27,6 +28,9 @@ from megavid.models.presets import ModelArch
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 0  # the demo clips are a fixed dataset: the same whatever --seed a run uses
+# Validation samples are a fixed set: file order, masks (and mock clips) seeded by this, not
+# by --seed, so a validation loss compares across seeds, layouts and resumes
+VALID_SEED = 1_000_003
 SKIP_REASONS = ("skipped_corrupt", "skipped_empty", "skipped_no_video", "skipped_too_short",
                 "skipped_too_small", "skipped_truncated", "skipped_unsupported_codec")
 # Policies that keep a file usable (see dataset.py); like stride_lowered and padded_short
@@ -70,6 +74,11 @@ class VideoLoader(StreamPosition):
             self.consumed += 1
             yield batch
 
+    def sample(self, position: int) -> dict:
+        """Sample ``position`` alone as a micro-batch of one (a picture's clip)."""
+        item = self.dataset[position]
+        return {"video": item["video"].unsqueeze(0), "index": torch.tensor([position])}
+
     def _count(self, events: list[tuple[str, str]]) -> None:
         """Add workers' events to ``stats``: skips once per file (with a warning), the
         rest once per sample."""
@@ -112,10 +121,54 @@ def _check_config(cfg: DataConfig) -> None:
                           "divided among data.num_workers)")
 
 
+def split_clips(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[Clip]]:
+    """(train, validation): ``round(fraction * N)`` clips (at least one) held out, those
+    whose names hash lowest, so the split depends on the files, not on their order, and
+    adding files moves few clips between the splits. Both keep the listing's order."""
+    def key(n_clip):
+        n, clip = n_clip
+        name = f"{Path(str(clip.media)).name}:{clip.start}:{clip.end}"
+        return hashlib.sha1(name.encode()).hexdigest(), n
+
+    n_valid = max(1, round(fraction * len(clips)))
+    if n_valid >= len(clips):
+        raise ConfigError(f"data.valid_fraction {fraction} holds out {n_valid} of "
+                          f"{len(clips)} clips, leaving none to train on; lower it or give "
+                          "--valid-data PATH")
+    held = {n for n, _ in sorted(enumerate(clips), key=key)[:n_valid]}
+    return ([c for n, c in enumerate(clips) if n not in held],
+            [c for n, c in enumerate(clips) if n in held])
+
+
+def _clips(cfg: DataConfig, arch: ModelArch, *, valid: bool) -> list[Clip]:
+    """The training (or validation) clips of ``cfg``, the demo's when it names none."""
+    _check_config(cfg)
+    if valid and cfg.valid_path is not None:
+        return list_clips(cfg.valid_path)
+    if cfg.path is not None:
+        clips = list_clips(cfg.path)
+    else:
+        clips = [Clip(p) for p in ensure_demo_clips(
+            Path(cfg.cache_dir).expanduser(), cfg.demo_clips, seed=DEMO_SEED,
+            **demo_clip_shape(arch, cfg.frame_stride))]
+    if cfg.valid_fraction and cfg.valid_path is None:
+        return split_clips(clips, cfg.valid_fraction)[1 if valid else 0]
+    return clips
+
+
+def _dataset(cfg: DataConfig, arch: ModelArch, clips: list[Clip], *, seed: int,
+             augment: bool) -> VideoClipDataset:
+    return VideoClipDataset(
+        clips, decoder=build_decoder(cfg.decoder, cfg.dali_threads or
+                                     dali.default_threads(cfg.num_workers)),
+        num_frames=arch.num_frames, image_size=arch.image_size,
+        frame_stride=cfg.frame_stride, value_range=cfg.value_range, seed=seed, augment=augment)
+
+
 def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: int,
                        micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
                        start_step: int = 0):
-    """This data-parallel rank's training stream.
+    """This data-parallel rank's training stream (without the held-out validation clips).
 
     TP and PP ranks of one replica pass the same ``dp_rank`` and get the same batches.
     """
@@ -123,17 +176,24 @@ def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: i
                   dp_rank=dp_rank, dp_size=dp_size, seed=seed, start_step=start_step)
     if cfg.mock:
         return MockLoader(arch, **layout)
-    _check_config(cfg)
-    if cfg.path is not None:
-        files = list_clips(cfg.path)
-    else:
-        files = ensure_demo_clips(Path(cfg.cache_dir).expanduser(), cfg.demo_clips,
-                                  seed=DEMO_SEED, **demo_clip_shape(arch, cfg.frame_stride))
-    dataset = VideoClipDataset(
-        files, decoder=build_decoder(cfg.decoder, cfg.dali_threads or
-                                     dali.default_threads(cfg.num_workers)),
-        num_frames=arch.num_frames,
-        image_size=arch.image_size, frame_stride=cfg.frame_stride,
-        value_range=cfg.value_range, seed=seed,
-    )
+    dataset = _dataset(cfg, arch, _clips(cfg, arch, valid=False), seed=seed, augment=True)
     return VideoLoader(dataset, num_workers=cfg.num_workers, **layout)
+
+
+def build_valid_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: int,
+                       micro_batch_size: int, dp_rank: int, dp_size: int,
+                       num_workers: int | None = None):
+    """This data-parallel rank's share of the validation stream, from position 0.
+
+    Sample ``i`` of it is a pure function of ``i`` and the validation clips: the file
+    (``VALID_SEED``'s order), the centred frames and crop. ``load_state_dict({"step": 0})``
+    rewinds it, so every evaluation sees the same samples. Mock data validates on mock
+    clips of ``VALID_SEED``.
+    """
+    layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
+                  dp_rank=dp_rank, dp_size=dp_size, seed=VALID_SEED)
+    if cfg.mock:
+        return MockLoader(arch, **layout)
+    dataset = _dataset(cfg, arch, _clips(cfg, arch, valid=True), seed=VALID_SEED, augment=False)
+    workers = cfg.num_workers if num_workers is None else num_workers
+    return VideoLoader(dataset, num_workers=workers, **layout)

@@ -48,6 +48,11 @@ class MockLoader(StreamPosition):
         self.arch, self.seed = arch, seed
         self.stats = {"clips": 0}
 
+    def sample(self, position: int) -> dict:
+        """Sample ``position`` alone as a micro-batch of one (a picture's clip)."""
+        return {"video": mock_clip(self.arch, self.seed, position).unsqueeze(0),
+                "index": torch.tensor([position])}
+
     def __iter__(self):
         while True:
             index = torch.tensor(micro_batch_positions(self.consumed, **self.layout))  # (b,)

@@ -34,9 +34,10 @@ class FramePlan:
     padded: bool  # True when the clip had fewer than T frames and the last one repeats
 
 
-def plan_frames(rng: np.random.Generator, available: int, num_frames: int,
+def plan_frames(rng: np.random.Generator | None, available: int, num_frames: int,
                 stride: int) -> FramePlan | None:
-    """T frame numbers at ``stride`` from a random start; None if the clip is too short.
+    """T frame numbers at ``stride`` from a random start (``rng=None``: the centred
+    window, for validation); None if the clip is too short.
 
     Short clips: the stride is lowered until T frames fit; a clip with fewer than T
     frames (but at least T/2) repeats its last frame; shorter ones are skipped (None).
@@ -49,7 +50,7 @@ def plan_frames(rng: np.random.Generator, available: int, num_frames: int,
     if num_frames > 1:
         stride = max(1, min(stride, (available - 1) // (num_frames - 1)))
     span = (num_frames - 1) * stride + 1
-    start = int(rng.integers(0, available - span + 1))
+    start = (available - span) // 2 if rng is None else int(rng.integers(0, available - span + 1))
     return FramePlan(start + stride * np.arange(num_frames, dtype=np.int64), stride, False)
 
 
@@ -87,6 +88,12 @@ def plan_crop(rng: np.random.Generator, height: int, width: int) -> CropPlan:
     else:
         h, w = height, width
     return CropPlan((height - h) // 2, (width - w) // 2, h, w, bool(rng.integers(2)))
+
+
+def plan_centre_crop(height: int, width: int) -> CropPlan:
+    """The largest centred square, unflipped: validation's fixed crop."""
+    side = min(height, width)
+    return CropPlan((height - side) // 2, (width - side) // 2, side, side, flip=False)
 
 
 def crop_resize(frames: np.ndarray, crop: CropPlan, size: int, value_range: str) -> torch.Tensor:

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from megavid.eval.tasks import TASKS
 from megavid.eval.train import ReadoutConfig
-
-_KNOWN_NOISE = ("Apex is not installed", "Transformer Engine and Apex are not installed",
-                "full scope is deprecated")
-
 
 def build_parser() -> argparse.ArgumentParser:
     d = ReadoutConfig()
@@ -61,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature cache dir (default ~/.cache/megavid/eval-features)")
     p.add_argument("--no-feature-cache", action="store_true", help="always run the encoder")
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics (and metrics.json's content) as JSON, no table")
     return p
 
 
@@ -110,7 +107,7 @@ def config_from_args(args):
         max_clips=args.max_clips, num_queries=args.num_queries, num_frames=args.num_frames,
         image_size=args.image_size, tp=args.tp, pp=args.pp, readout=readout,
         synthetic={"num_scenes": args.synthetic_scenes} if args.synthetic_scenes else {},
-        pictures=not args.no_pictures)
+        pictures=not args.no_pictures, json=args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"megavid.eval: error: {problem}", file=sys.stderr)
         return 2
-    for message in _KNOWN_NOISE:
-        warnings.filterwarnings("ignore", message=message)
     from megavid.eval.run import run_eval
     from megavid.parallel import runtime
 

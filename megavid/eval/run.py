@@ -23,6 +23,9 @@ from megavid.eval import plots
 from megavid.eval.features import cached_features
 from megavid.eval.tasks import get_task
 from megavid.eval.train import ReadoutConfig, dp_info, predict, train_readout
+from megavid.tools.tables import Column, print_table
+
+METRIC_COLUMNS = [Column("metric", "metric", justify="left"), Column("value", "value", "{:.4g}".format)]
 
 DEFAULT_FEATURE_CACHE = "~/.cache/megavid/eval-features"
 
@@ -47,6 +50,7 @@ class EvalConfig:
     pp: int = 1  # pipeline-parallel size of the encoder (feature extraction only)
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     pictures: bool = True
+    json: bool = False  # print metrics.json's content instead of the metrics table
 
 
 def _log(message: str) -> None:
@@ -204,8 +208,12 @@ def write_run(cfg: EvalConfig, result: dict, history: list[dict], clips, pred: d
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_jsonable))
     headline = {k: v for k, v in result["metrics"].items()  # per-threshold ones: the JSON
                 if isinstance(v, float) and not re.fullmatch(r"(pts_within|jaccard)_\d+", k)}
-    _log("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in headline.items()))
-    _log(f"wrote {out / 'metrics.json'}" + "".join(f", {p}" for p in result["pictures"]))
+    if dp_info()[0] == 0:
+        print_table([{"metric": k, "value": v} for k, v in headline.items()], METRIC_COLUMNS,
+                    title=f"{cfg.task} on {len(clips)} test clips", as_json=cfg.json,
+                    extra={"result": json.loads(json.dumps(result, default=_jsonable))})
+    if not cfg.json:
+        _log(f"wrote {out / 'metrics.json'}" + "".join(f", {p}" for p in result["pictures"]))
     return result
 
 

@@ -1,44 +1,54 @@
-"""``python -m megavid.models --list``: the preset table with exact parameter counts."""
+"""``python -m megavid.models --list [--json]``: the preset table with exact parameter counts."""
 
 from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-from rich.table import Table
-
 from megavid.models.presets import PRESETS, count_parameters
+from megavid.tools.tables import Column, print_table
 from megavid.training.flops import mae_forward_flops
 
+COLUMNS = [
+    Column("preset", "preset", justify="left"),
+    Column("hidden_size", "width"), Column("num_layers", "depth"),
+    Column("ffn_hidden_size", "MLP"), Column("num_attention_heads", "heads"),
+    Column("decoder", "decoder w/d/MLP/h"), Column("clip", "clip"),
+    Column("encoder_params", "encoder params", "{:,}".format),
+    Column("decoder_params", "decoder params", "{:,}".format),
+    Column("train_flops_per_clip", "GFLOP/clip (fwd+bwd)", lambda v: f"{v / 1e9:,.1f}"),
+]
 
-def preset_table(mask_ratio: float) -> Table:
-    table = Table(title=f"megavid presets (MAE training FLOPs at mask ratio {mask_ratio})")
-    for column in ("preset", "width", "depth", "MLP", "heads", "decoder w/d/MLP/h", "clip",
-                   "encoder params", "decoder params", "GFLOP/clip (fwd+bwd)"):
-        table.add_column(column, justify="right")
+
+def preset_rows(mask_ratio: float) -> list[dict]:
+    """One row per preset: its shape, exact parameter counts and MAE training FLOPs per clip."""
+    rows = []
     for name, arch in PRESETS.items():
         counts = count_parameters(arch)
-        flops = 3 * mae_forward_flops(arch, mask_ratio=mask_ratio)["total"]
-        table.add_row(
-            name, str(arch.hidden_size), str(arch.num_layers), str(arch.ffn_hidden_size),
-            str(arch.num_attention_heads),
-            f"{arch.decoder_hidden_size}/{arch.decoder_num_layers}/"
-            f"{arch.decoder_ffn_hidden_size}/{arch.decoder_num_attention_heads}",
-            f"{arch.num_frames}x{arch.image_size}x{arch.image_size}",
-            f"{counts['encoder']:,}", f"{counts['decoder']:,}", f"{flops / 1e9:,.1f}",
-        )
-    return table
+        rows.append({
+            "preset": name, "hidden_size": arch.hidden_size, "num_layers": arch.num_layers,
+            "ffn_hidden_size": arch.ffn_hidden_size,
+            "num_attention_heads": arch.num_attention_heads,
+            "decoder": f"{arch.decoder_hidden_size}/{arch.decoder_num_layers}/"
+                       f"{arch.decoder_ffn_hidden_size}/{arch.decoder_num_attention_heads}",
+            "clip": f"{arch.num_frames}x{arch.image_size}x{arch.image_size}",
+            "encoder_params": counts["encoder"], "decoder_params": counts["decoder"],
+            "train_flops_per_clip": 3 * mae_forward_flops(arch, mask_ratio=mask_ratio)["total"],
+        })
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m megavid.models")
     parser.add_argument("--list", action="store_true", help="print the preset table")
+    parser.add_argument("--json", action="store_true", help="the table as JSON (raw numbers)")
     parser.add_argument("--mask-ratio", type=float, default=0.95)
     args = parser.parse_args(argv)
-    if not args.list:
+    if not (args.list or args.json):
         parser.print_help()
         return
-    Console(soft_wrap=True).print(preset_table(args.mask_ratio))
+    print_table(preset_rows(args.mask_ratio), COLUMNS, as_json=args.json,
+                title=f"megavid presets (MAE training FLOPs at mask ratio {args.mask_ratio})",
+                extra={"mask_ratio": args.mask_ratio})
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megavid import quiet
 from megavid.parallel import cpu_compat, host_memory
 
 
@@ -60,6 +61,7 @@ def init_distributed(timeout_minutes: float = 10, env: DistEnv | None = None) ->
     on_cpu = cpu_compat.install()
     if on_cpu:
         host_memory.keep_freed_memory()  # no per-step page faults on CPU runs (see there)
+        quiet.install(cpu=True)  # GPU-only advice (megavid/quiet.py)
     env = env or read_dist_env()
     if dist.is_initialized():
         return env

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-from rich.table import Table
-
 from megavid.config import load_config
 from megavid.plan import GB, HEADROOM, PlanRow, candidate_from_config, plan
 from megavid.plan.model import COMM_EFFICIENCY, MATMUL_EFFICIENCY, in_flight, peak_memory
 from megavid.plan.timing import DP_EXPOSED, step_time
 from megavid.tools.devices import GPU_ALIASES, gpu_spec
+from megavid.tools.tables import Column, print_table
 
 
 def _layout_name(c) -> str:
@@ -19,18 +17,32 @@ def _layout_name(c) -> str:
     return name + (" sp" if c.sequence_parallel and c.tp > 1 else "")
 
 
-def plan_table(rows: list[PlanRow], spec: dict, top: int, title: str) -> Table:
-    table = Table(title=title)
-    for column in ("#", "layout", "mbs", "m", "recompute", "fp8", "mem/GPU (GB)",
-                   "step s", "bubble", "MFU"):
-        table.add_column(column, justify="right")
+def plan_columns(spec: dict) -> list[Column]:
+    return [
+        Column("rank", "#"), Column("layout", "layout", justify="left"), Column("micro_batch_size", "mbs"),
+        Column("num_microbatches", "m"), Column("recompute", "recompute"),
+        Column("fp8", "fp8", lambda v: "yes" if v else "no"),
+        Column("memory_gb", "mem/GPU (GB)", lambda v: f"{v:.1f} / {spec['memory_gb']:.0f}"),
+        Column("step_s", "step s", "{:.2f}".format), Column("bubble", "bubble", "{:.1%}".format),
+        Column("mfu", "MFU", "{:.1%}".format),
+    ]
+
+
+def plan_rows(rows: list[PlanRow], top: int) -> list[dict]:
+    """The best ``top`` layouts as plain values (the table's cells and ``--json``'s rows)."""
+    out = []
     for i, row in enumerate(rows[:top], 1):
         c, t = row.candidate, row.time
-        table.add_row(str(i), _layout_name(c), str(c.micro_batch_size), str(c.num_microbatches),
-                      c.recompute, "yes" if c.fp8 else "no",
-                      f"{row.memory['total'] / GB:.1f} / {spec['memory_gb']:.0f}",
-                      f"{t['step']:.2f}", f"{t['bubble']:.1%}", f"{t['mfu']:.1%}")
-    return table
+        out.append({
+            "rank": i, "layout": _layout_name(c), "tp": c.tp, "pp": c.pp, "vpp": c.vpp,
+            "dp": c.dp, "sequence_parallel": bool(c.sequence_parallel and c.tp > 1),
+            "micro_batch_size": c.micro_batch_size, "num_microbatches": c.num_microbatches,
+            "recompute": c.recompute, "fp8": bool(c.fp8),
+            "distributed_optimizer": bool(c.distributed_optimizer),
+            "memory_gb": row.memory["total"] / GB, "step_s": t["step"], "bubble": t["bubble"],
+            "mfu": t["mfu"],
+        })
+    return out
 
 
 def explain(row: PlanRow, spec: dict, global_batch_size: int) -> str:
@@ -83,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--explain", action="store_true", help="show the best row's arithmetic")
     parser.add_argument("--check-config", action="store_true",
                         help="estimate the --config's own layout instead of searching")
+    parser.add_argument("--json", action="store_true",
+                        help="print the ranked layouts as JSON (raw numbers) instead of a table")
     return parser.parse_args(argv)
 
 
@@ -99,32 +113,35 @@ def main(argv=None) -> int:
         overrides["train.global_batch_size"] = args.global_batch_size or 2048
     cfg = load_config(args.config, overrides)
     spec = gpu_spec(args.gpu)
-    console = Console(width=120)
     if args.check_config:
-        return _check_config(cfg, args.gpus, spec, console)
+        return _check_config(cfg, args.gpus, spec)
     rows = plan(cfg, args.gpus, args.gpu, allow_fp8=not args.no_fp8)
     title = (f"{cfg.model.preset} on {args.gpus} x {spec['name']}, global batch "
              f"{cfg.train.global_batch_size}, mask ratio {cfg.model.mask_ratio}: "
              f"{len(rows)} fitting layouts")
-    if not rows:
-        console.print(f"{title}: none fits; add GPUs or lower the batch")
+    if not rows and not args.json:
+        print(f"{title}: none fits; add GPUs or lower the batch")
         return 1
-    console.print(plan_table(rows, spec, args.top, title))
-    if args.explain:
-        console.print(explain(rows[0], spec, cfg.train.global_batch_size))
-    return 0
+    extra = {"gpus": args.gpus, "gpu": spec["name"], "fitting_layouts": len(rows)}
+    if args.explain and rows:
+        extra["explain"] = explain(rows[0], spec, cfg.train.global_batch_size)
+    print_table(plan_rows(rows, args.top), plan_columns(spec), title=title, as_json=args.json,
+                extra=extra)
+    if args.explain and rows and not args.json:
+        print(extra["explain"])
+    return 0 if rows else 1
 
 
-def _check_config(cfg, world: int, spec: dict, console: Console) -> int:
+def _check_config(cfg, world: int, spec: dict) -> int:
     """Memory and time of the config's own layout; exit 1 if it does not fit."""
     c = candidate_from_config(cfg, world)
     kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
     arch = cfg.model.resolved_arch()
     row = PlanRow(c, peak_memory(arch, c, **kw),
                   step_time(arch, c, spec, global_batch_size=cfg.train.global_batch_size, **kw))
-    console.print(explain(row, spec, cfg.train.global_batch_size))
+    print(explain(row, spec, cfg.train.global_batch_size))
     fits = row.memory["total"] <= HEADROOM * spec["memory_gb"] * GB
-    console.print("fits" if fits else "does NOT fit")
+    print("fits" if fits else "does NOT fit")
     return 0 if fits else 1
 
 

@@ -18,7 +18,6 @@ same whatever the layout).
 from __future__ import annotations
 
 import argparse
-import warnings
 import dataclasses
 import os
 import subprocess
@@ -184,15 +183,6 @@ def convert(src_kind: str, dst_kind: str, src, dst, *, seed: int = 1234,
 
 
 # -- command line --------------------------------------------------------------------------------
-def quiet_known_warnings() -> None:
-    """megatron-core's notices about optional fused kernels and torch's checkpoint API
-    deprecations: true, known, not actionable here (megavid.pretrain hides them too)."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    for message in ("Apex is not installed", "Transformer Engine and Apex are not installed",
-                    "full scope is deprecated"):
-        warnings.filterwarnings("ignore", message=message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m megavid.tools.convert", epilog=EPILOG,
@@ -239,7 +229,6 @@ def _relaunch(world: int, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_known_warnings()
     decoder = _decoder_fields(args.decoder, parser)
     world = args.tp * args.pp
     if world > 1 and args.dst_kind != "megavid":

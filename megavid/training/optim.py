@@ -56,7 +56,7 @@ def build_optimizer(cfg: RunConfig, model: list[DistributedDataParallel]):
         init_lr=0.0,
         max_lr=tc.lr,
         min_lr=tc.min_lr,
-        lr_warmup_steps=tc.lr_warmup_iters,
+        lr_warmup_steps=tc.resolved_warmup_iters(),
         lr_decay_steps=tc.train_iters,
         lr_decay_style="cosine",
         start_wd=tc.weight_decay,

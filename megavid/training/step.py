@@ -1,10 +1,12 @@
-"""One micro-batch forward for megatron-core's pipeline schedules."""
+"""One micro-batch forward for megatron-core's pipeline schedules, and the step's loss."""
 
 from __future__ import annotations
 
 from functools import partial
 
 import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
 from megatron.core.utils import get_attr_wrapped_model
 
 import kernels
@@ -14,21 +16,28 @@ from megavid.models.masking import make_masks
 
 
 def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, backend: str,
-               poison: bool, pred: torch.Tensor):
+               poison: bool, keep_pred: bool, pred: torch.Tensor):
     loss = kernels.fused_mae_loss(pred, patches, mask, norm_pix, backend=backend)
     if poison:  # fault injection (train.inject_nan_steps)
         loss = loss * float("nan")
     # a copy: the schedule divides the returned loss in place by the micro-batch count
-    return loss, {"loss": loss.detach().clone()}
+    reported = {"loss": loss.detach().clone()}
+    if keep_pred:  # (B, N, P) for a reconstruction picture
+        reported["pred"] = pred.detach().float()
+    return loss, reported
 
 
-def make_forward_step(cfg: RunConfig, inject_nan=lambda: False):
+def make_forward_step(cfg: RunConfig, inject_nan=lambda: False, *, mask_seed: int | None = None,
+                      keep_pred: bool = False):
     """The ``forward_step_func(data_iterator, model)`` the schedules call per micro-batch.
 
     ``inject_nan()`` says whether this step's loss is to be poisoned (fault injection).
+    ``mask_seed``: the seed of the masks (default ``train.seed``; validation uses its own).
+    ``keep_pred``: also report the predicted tubelets (on the last pipeline stage).
     """
     arch = cfg.model.resolved_arch()
-    seed, norm_pix = cfg.train.seed, cfg.model.norm_pix_loss
+    seed = cfg.train.seed if mask_seed is None else mask_seed
+    norm_pix = cfg.model.norm_pix_loss
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
@@ -50,6 +59,18 @@ def make_forward_step(cfg: RunConfig, inject_nan=lambda: False):
             patches = normalize_patches_per_channel(patches.float(), arch.channels)
             normalise_in_loss = False
         return output, partial(_loss_func, patches, mask.cuda(non_blocking=True),
-                               normalise_in_loss, cfg.model.kernels, inject_nan())
+                               normalise_in_loss, cfg.model.kernels, inject_nan(), keep_pred)
 
     return forward_step
+
+
+def reduce_loss(losses: list[dict]) -> float:
+    """Mean micro-batch loss over DP, sent from the last pipeline stage to all stages."""
+    value = torch.zeros(1, dtype=torch.float64).cuda()
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        value += torch.stack([x["loss"].double() for x in losses]).mean()
+        dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+        value /= parallel_state.get_data_parallel_world_size()
+    dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                   group=parallel_state.get_pipeline_model_parallel_group())
+    return value.item()

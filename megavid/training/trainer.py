@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,8 +15,8 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megavid.config import RunConfig
-from megavid.data.mock import MockLoader
+from megavid.config import RunConfig, has_validation
+from megavid.data import build_train_loader
 from megavid.data.stats import DataStats
 from megavid.models.builder import build_model_chunks
 from megavid.models.masking import num_visible
@@ -26,11 +25,13 @@ from megavid.parallel.init import initialize_chunk
 from megavid.parallel.layout import resolve_layout
 from megavid.tools.devices import peak_tflops
 from megavid.training.checkpoint import Checkpointer
+from megavid.training.choices import describe_choices
 from megavid.training.flops import mae_train_flops_per_clip
 from megavid.training.optim import build_optimizer, wrap_model
 from megavid.training.preemption import StopRequest, requeue_slurm_job
 from megavid.training.progress import Progress, default_log_dir
-from megavid.training.step import make_forward_step
+from megavid.training.step import make_forward_step, reduce_loss
+from megavid.training.validation import Validator
 
 
 class TrainingStopped(RuntimeError):
@@ -69,11 +70,8 @@ class Trainer:
         runtime.set_seed(cfg.train.seed)
         self.arch = cfg.model.resolved_arch()
         log_dir = Path(cfg.log.log_dir) if cfg.log.log_dir else default_log_dir()
-        self.progress = Progress(
-            log_dir, total_steps=cfg.train.train_iters, tensorboard=cfg.log.tensorboard,
-            plot=cfg.log.plot, log_interval=cfg.log.log_interval,
-            enabled=dist.get_rank() == 0, resolved_config=cfg.to_dict(),
-        )
+        self.progress = Progress(log_dir, cfg.log, total_steps=cfg.train.train_iters,
+                                 enabled=dist.get_rank() == 0, resolved_config=cfg.to_dict())
 
         # Model: build this rank's chunks, give them layout-free values, wrap for DP.
         chunks = build_model_chunks(cfg, self.arch)
@@ -83,21 +81,16 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self._hook_schedules()
 
-        # Data: one replica's stream, shared by its TP and PP ranks.
-        if cfg.data.mock:
-            source = MockLoader
-        else:
-            from megavid.data import build_train_loader
-
-            source = partial(build_train_loader, cfg.data)
-        self.loader = source(
-            self.arch, global_batch_size=cfg.train.global_batch_size,
+        # Data: one replica's stream, shared by its TP and PP ranks; the validation clips.
+        self.loader = build_train_loader(
+            cfg.data, self.arch, global_batch_size=cfg.train.global_batch_size,
             micro_batch_size=layout.micro_batch_size,
             dp_rank=parallel_state.get_data_parallel_rank(), dp_size=layout.dp,
             seed=cfg.train.seed,
         )
         # Skip counts for the log, summed over the replicas' loaders (each file counted once).
         self.data_stats = DataStats(self.loader, parallel_state.get_data_parallel_group())
+        self.validator = Validator(cfg, layout, self.model) if has_validation(cfg) else None
 
         # Resume: model, optimizer, schedule, loader position, counters.
         self.step = 0
@@ -142,6 +135,17 @@ class Trainer:
             f"{num_visible(arch.grid, self.cfg.model.mask_ratio, self.cfg.model.masking)} visible"
             f" | rank-0 params {n_params:,} | logs {self.progress.log_dir}"
         )
+        self.progress.info(describe_choices(self.cfg))
+        tc = self.cfg.train
+        if tc.resolved_warmup_iters() != tc.lr_warmup_iters:
+            self.progress.info(
+                f"lr warm-up shortened from {tc.lr_warmup_iters} to "
+                f"{tc.resolved_warmup_iters()} steps: the run has {tc.train_iters}")
+        if self.validator is not None:
+            every = f"every {tc.eval_interval} steps and " if tc.eval_interval else ""
+            self.progress.info(
+                f"validation: {self.validator.num_clips} clips, {tc.eval_iters} x "
+                f"{tc.global_batch_size} samples {every}after the last step")
 
     def _nan_injected(self) -> bool:
         return self.step + 1 in self.cfg.train.inject_nan_steps
@@ -161,7 +165,7 @@ class Trainer:
             micro_batch_size=self.layout.micro_batch_size,
             forward_only=False,
         )
-        loss = self._reduce_loss(losses)
+        loss = reduce_loss(losses)
         # A non-finite loss or gradient anywhere skips the update everywhere.
         if self._all_finite(loss):
             _, grad_norm, _ = self.optimizer.step()
@@ -175,17 +179,6 @@ class Trainer:
         self.step += 1
         elapsed = time.perf_counter() - start
         return self._metrics(loss, grad_norm, elapsed, skipped)
-
-    def _reduce_loss(self, losses: list[dict]) -> float:
-        """Mean micro-batch loss over DP, sent from the last pipeline stage to all stages."""
-        value = torch.zeros(1, dtype=torch.float64).cuda()
-        if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-            value += torch.stack([x["loss"].double() for x in losses]).mean()
-            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
-            value /= parallel_state.get_data_parallel_world_size()
-        dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-                       group=parallel_state.get_pipeline_model_parallel_group())
-        return value.item()
 
     def _all_finite(self, loss: float) -> bool:
         """Loss and every gradient buffer finite, agreed over all ranks."""
@@ -258,12 +251,36 @@ class Trainer:
                 f"parallel.distributed_timeout_minutes={minutes}"
             ) from err
 
+    def _due(self, interval: int) -> bool:
+        """Every ``interval`` steps (0: never) and after the last one."""
+        return (bool(interval) and self.step % interval == 0
+                or self.step == self.cfg.train.train_iters)
+
+    def _validate(self, metrics: dict):
+        """Validation loss into ``metrics`` and a picture to log, when due (collectives: every
+        rank); returns ``progress.log_picture``'s arguments, or None."""
+        if self.validator is None:
+            return None
+        tc, log = self.cfg.train, self.cfg.log
+        if self._due(tc.eval_interval):
+            metrics["val_loss"] = self.validator.loss()
+        boards = bool(log.log_images_interval) and self._due(log.log_images_interval)
+        to_disk = log.plot and self.step == tc.train_iters
+        if not (boards or to_disk):
+            return None
+        arrays = self.validator.picture()  # None except on rank 0
+        return arrays and (arrays, self.step, boards, to_disk)
+
     def train(self) -> list[dict]:
         history = []
         while self.step < self.cfg.train.train_iters:
             metrics = self._guarded_step()
+            picture = self._validate(metrics)
             history.append(metrics)
             self.progress.log_step(metrics)
+            if picture:
+                arrays, step, boards, to_disk = picture
+                self.progress.log_picture(arrays, step, boards=boards, to_disk=to_disk)
             self._watch_loss(metrics)
             self.checkpointer.finalize()
             if self.checkpointer.due(self.step) and not metrics["skipped"]:

@@ -47,7 +47,11 @@ def test_good_layout_derives_dp_and_microbatches():
     ({"model.mask_ratio": 1.0}, "model.mask_ratio"),
     ({"parallel.sequence_parallel": True}, "--sp needs --tp > 1"),
     ({"train.fp8": "hybrid", "model.transformer_impl": "local"}, "--fp8 needs the Transformer Engine"),
-    ({"train.lr_warmup_iters": 50, "train.train_iters": 10}, "--lr-warmup-iters 50"),
+    ({"train.lr_warmup_iters": -1}, "--lr-warmup-iters -1 must be >= 0"),
+    ({"data.valid_fraction": 1.0}, "data.valid_fraction: 1.0 must be in [0, 1)"),
+    ({"data.valid_fraction": 0.1, "data.valid_path": "v"}, "drop one"),
+    ({"train.eval_iters": -2}, "--eval-iters -2"),
+    ({"log.wandb_exp_name": "x"}, "need --wandb-project"),
     ({"train.lr": 0.0}, "for a run at --lr 0 also pass --set train.min_lr=0"),
     ({"model.masking": "blocks"}, "model.masking"),
 ])

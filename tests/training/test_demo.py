@@ -27,6 +27,10 @@ def test_demo_trains_with_falling_loss(tmp_path):
         assert all(key in r for r in rows), key
     first, last = rows[0]["loss"], rows[-1]["loss"]
     assert last < 0.5 * first, (first, last)
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]  # 4 held-out clips
+    assert [s for s, _ in val] == [10, 20, 30, 40, 50] and val[-1][1] < val[0][1], val
+    assert (log_dir / "reconstruction.png").stat().st_size > 20_000
+    assert f"reconstruction: {log_dir / 'reconstruction.png'}" in proc.stdout
     assert len(list((tmp_path / "cache").rglob("*.mp4"))) == 32  # real encoded clips
     assert (log_dir / "loss_curve.png").stat().st_size > 10_000
     assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
