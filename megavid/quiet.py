@@ -6,12 +6,14 @@ megavid module imports megatron-core, whichever command starts (``pretrain``,
 they hide, megavid says instead in one start-up line (``megavid.training.trainer``
 prints the backend, kernels, decoder and library versions it chose).
 
-Each entry is narrow: a message pattern and its category. Warnings a user can
+Each entry is narrow: a message pattern and its category (or, for megatron-core's
+log lines, its logger and a part of the message). Warnings a user can
 act on (a data file skipped, DALI's CPU decoder limits, a loss spike) still show.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 # (message regex matched at the start, no ':' (pytest's filter syntax), category, why)
@@ -42,6 +44,24 @@ KNOWN_NOISE = (
     # an import-time notice inside megatron-core's own package layout
     (r"The following imports from `dynamic_context.py`", DeprecationWarning,
      "megatron-core internals"),
+    # megatron-core 0.19's get_megatron_optimizer imports its (unused here) MIMO model class
+    (r"MimoModelConfig is experimental", UserWarning, "megatron-core internals"),
+    # megatron-core 0.19 reads torch_dist files in one process (no_dist=True) with positional
+    # arguments: torch notes both at every checkpoint load
+    (r"torch.distributed is disabled, unavailable or uninitialized", UserWarning,
+     "megatron-core internals"),
+    (r"The argument order of load has been changed", UserWarning, "megatron-core internals"),
+)
+
+# megatron-core log lines (logging, not warnings) of the same kind: (logger, message part, why)
+KNOWN_LOG_NOISE = (
+    # 0.17+ calls its own asynchronous writer ("mcore", which megavid chooses explicitly, see
+    # training/checkpoint._async_writer) deprecated whenever it runs, synchronous saves included
+    ("megatron.core.dist_checkpointing.strategies.torch", "async save is deprecated",
+     "megatron-core internals"),
+    # 0.17+ reading a 0.16 checkpoint's common.pt, which it still does by itself
+    ("megatron.core.dist_checkpointing.strategies.common", "load_common is deprecated",
+     "megatron-core internals"),
 )
 
 
@@ -58,3 +78,18 @@ def install(*, cpu: bool = False) -> None:
     ``cpu``: also those that only a run without CUDA may ignore."""
     for message, category, _ in KNOWN_NOISE + (CPU_ONLY_NOISE if cpu else ()):
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name, part, _ in KNOWN_LOG_NOISE:
+        logger = logging.getLogger(name)
+        if not any(getattr(f, "part", None) == part for f in logger.filters):
+            logger.addFilter(_DropLine(part))
+
+
+class _DropLine(logging.Filter):
+    """Drops the log records that contain ``part``."""
+
+    def __init__(self, part: str):
+        super().__init__()
+        self.part = part
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.part not in record.getMessage()

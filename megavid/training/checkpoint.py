@@ -21,7 +21,6 @@ verification, pruning) lives in ``checkpoint_dirs``.
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import signal
 import time
@@ -230,12 +229,6 @@ def save_weights(model, root: Path, *, step: int, common: dict) -> Path:
 
 # 0.17+ chooses among asynchronous writers; 0.16 has only its own.
 _CHOOSES_ASYNC_WRITER = "async_strategy" in inspect.signature(dist_checkpointing.save).parameters
-if _CHOOSES_ASYNC_WRITER:
-    # 0.17+ logs that its own writer ("mcore") is deprecated whenever it runs, and its
-    # synchronous save runs through it too: a note on megatron-core's internals, not one
-    # a megavid user can act on (see _async_writer for why megavid asks for it)
-    logging.getLogger("megatron.core.dist_checkpointing.strategies.torch").addFilter(
-        lambda record: "async save is deprecated" not in record.getMessage())
 
 
 def _async_writer() -> tuple[AsyncCallsQueue, dict]:
@@ -246,7 +239,8 @@ def _async_writer() -> tuple[AsyncCallsQueue, dict]:
     Extension), which needs nvidia-resiliency-ext >= 0.6 (0.19.2's minimum); PyPI's
     newest is 0.4.1, whose mere presence makes 0.19.2's checkpoint module fail to
     import. megavid therefore asks for megatron-core's own writer, ``"mcore"``, on
-    every version in the supported range.
+    every version in the supported range (megavid.quiet drops the line in which 0.17+
+    calls that writer deprecated).
     """
     return AsyncCallsQueue(), ({"async_strategy": "mcore"} if _CHOOSES_ASYNC_WRITER else {})
 

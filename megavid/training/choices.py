@@ -55,6 +55,13 @@ def _decoder(cfg: RunConfig) -> str:
 
 
 def describe_choices(cfg: RunConfig) -> str:
-    """``backend local | kernels reference (torch) | decoder pyav | megatron-core 0.16.1 | ...``"""
+    """``backend local | kernels reference (torch) | decoder pyav | megatron-core 0.16.1 | ...``
+
+    Transformer Engine's version is named where it is installed (the pairing that
+    pyproject's ``te`` extra states for each megatron-core).
+    """
+    te = _version("transformer-engine")
     return (f"backend {_backend(cfg)} | kernels {_kernels(cfg)} | decoder {_decoder(cfg)} | "
-            f"megatron-core {_version('megatron-core')} | torch {torch.__version__}")
+            f"megatron-core {_version('megatron-core')}"
+            + ("" if te == "?" else f" | transformer-engine {te}")
+            + f" | torch {torch.__version__}")

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
-import logging
 import os
 import pickle
-import warnings
 from pathlib import Path
 
 import torch
@@ -64,9 +62,7 @@ def _read_common_state_object(directory: Path) -> dict:
     """
     key = ShardedObject(COMMON_STATE_KEY, None, (1,), (0,)).unique_key
     target = {key: io.BytesIO()}
-    with warnings.catch_warnings():  # torch's notice that no process group takes part
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(target, storage_reader=dcp.FileSystemReader(str(directory)), no_dist=True)
+    dcp.load(target, storage_reader=dcp.FileSystemReader(str(directory)), no_dist=True)
     loaded = target[key]
     if isinstance(loaded, io.BytesIO):
         loaded.seek(0)
@@ -84,13 +80,6 @@ if _TAKES_COMMON_STRATEGY:
             if (Path(checkpoint_dir) / COMMON_PT).exists():
                 return super().load_common(checkpoint_dir)
             return _read_common_state_object(Path(checkpoint_dir))
-
-
-else:
-    # 0.17+ reads a 0.16 checkpoint's common.pt itself, logging each time that this reader is
-    # deprecated: true of megatron-core's internals, nothing a user resuming one can act on
-    logging.getLogger("megatron.core.dist_checkpointing.strategies.common").addFilter(
-        lambda record: "load_common is deprecated" not in record.getMessage())
 
 
 def load_kwargs() -> dict:
@@ -118,10 +107,7 @@ def read_common(directory: Path) -> dict:
 def _load_common_state(directory: str) -> dict:
     if _TAKES_COMMON_STRATEGY:
         return _CommonStateReader().load_common(directory)
-    with warnings.catch_warnings():  # torch's notices about megatron-core's own call
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        warnings.filterwarnings("ignore", message="The argument order of load")
-        return dist_checkpointing.load_common_state_dict(directory)
+    return dist_checkpointing.load_common_state_dict(directory)
 
 
 def _unpickling_error(err: Exception) -> str | None:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 TINY = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard=false",
         "--set", "log.plot=false", "--lr-warmup-iters", "1", "--mask-ratio", "0.8",
         "--global-batch-size", "8", "--micro-batch-size", "2")
-_VERSION = "import megatron.core; print(megatron.core.__version__)"
+_VERSION = "import importlib.metadata as m; print(m.version('megatron-core'))"
 
 
 def mcore_version(python: str) -> str:

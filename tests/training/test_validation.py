@@ -7,6 +7,7 @@ TensorBoard, W&B offline) is shared by the tests that read what it left behind.
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import importlib.util
 import json
 import struct
@@ -54,7 +55,8 @@ def test_short_demo_runs_quietly(demo):
         assert noise not in proc.stderr, proc.stderr[-3000:]
     choices = next(line for line in proc.stdout.splitlines() if line.startswith("backend "))
     assert "kernels reference (torch)" in choices and "decoder pyav" in choices
-    assert f"torch {torch.__version__}" in choices and "megatron-core 0.16" in choices
+    mcore = importlib.metadata.version("megatron-core")
+    assert f"torch {torch.__version__}" in choices and f"megatron-core {mcore}" in choices
     # one line per step, even through a pipe (rich's 80 columns must not wrap them)
     steps = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
     assert len(steps) == 3 and all("ms/step" in line for line in steps)
