@@ -42,6 +42,7 @@ from megavid.training import checkpoint_dirs as dirs
 from megavid.training.common_state import (
     COMMON_STATE_KEY,
     load_kwargs,
+    rank_failures,
     read_common,
     weights_only_loads,
 )
@@ -106,11 +107,7 @@ def _prepare_fresh_optimizer(optimizer) -> None:
 
 def _first_reason(err: Exception) -> str:
     """The underlying message (it names the tensor and both shapes), not DCP's per-rank dump."""
-    failures = getattr(err, "failures", None)  # torch.distributed.checkpoint's wrapper
-    if failures:
-        first = next(iter(failures.values()))
-        return str(getattr(first, "exc", first))
-    return str(err)
+    return str(rank_failures(err)[0])
 
 
 def _load_optimizer(optimizer, state: dict) -> None:

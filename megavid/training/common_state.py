@@ -110,13 +110,18 @@ def _load_common_state(directory: str) -> dict:
     return dist_checkpointing.load_common_state_dict(directory)
 
 
+def rank_failures(err: Exception) -> list[BaseException]:
+    """The exceptions inside torch.distributed.checkpoint's ``CheckpointException``, which
+    keeps an (exception, traceback) pair per failed rank; ``[err]`` for any other error."""
+    failures = getattr(err, "failures", None)
+    if not failures:
+        return [err]
+    return [f[0] if isinstance(f, tuple) else getattr(f, "exc", f) for f in failures.values()]
+
+
 def _unpickling_error(err: Exception) -> str | None:
-    """The first line of the weights-only refusal inside ``err`` (torch.distributed.checkpoint
-    wraps it per rank), or None when ``err`` is something else."""
-    # torch.distributed.checkpoint keeps (exception, traceback) per failed rank
-    causes = [err, *(f[0] if isinstance(f, tuple) else f
-                     for f in getattr(err, "failures", {}).values())]
-    for cause in causes:
+    """The first line of the weights-only refusal inside ``err``, or None when it is not one."""
+    for cause in [err, *rank_failures(err)]:
         if isinstance(cause, pickle.UnpicklingError):
             return str(cause).splitlines()[0]
     return None
