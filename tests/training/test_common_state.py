@@ -85,6 +85,6 @@ def test_weights_only_loads_restores_the_environment(monkeypatch):
     monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
     with weights_only_loads():
         with pytest.raises(pickle.UnpicklingError):
-            torch.load(io.BytesIO(pickle.dumps(_Exploit())), weights_only=False)
+            torch.load(io.BytesIO(pickle.dumps(_Exploit(), protocol=2)), weights_only=False)
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
     assert not MARKER.exists()
