@@ -75,8 +75,8 @@ def _measure(pp: int, vpp: int, m: int, stage_ms: float, shape, repeats: int,
              overlap: bool = False) -> float:
     """Median step seconds of one schedule on this rank (all ranks call it)."""
     from megatron.core import parallel_state
-    from megatron.core.transformer.transformer_config import TransformerConfig
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.transformer.transformer_config import TransformerConfig
 
     from megavid.parallel import runtime
 

@@ -6,7 +6,7 @@ tubelets and mask ratio (norm-pixel MSE on masked tubelets). The HF model is
 built from a config: no weights are downloaded. The two are timed in one
 process, step for step in alternation (the side that goes first alternates
 too), so load drift on the machine hits both alike. Per side: median step
-time, achieved model TFLOP/s (``megavid.training.flops``, the same count for
+time, achieved model TFLOP/s (``megavid.models.flops``, the same count for
 both), and that as a fraction of this machine's measured fp32 GEMM peak.
 Ratios ``step_speedup_vs_hf_<preset>_<mask>`` = HF time / megavid time (> 1:
 megavid is faster).
@@ -28,11 +28,11 @@ import time
 
 import torch
 
+from megavid.config.presets import get_preset
+from megavid.models.flops import mae_train_flops_per_clip
 from megavid.models.masking import make_masks, num_visible
-from megavid.models.presets import get_preset
+from megavid.parallel.devices import measured_cpu_tflops
 from megavid.tools.bench_results import write_results
-from megavid.tools.devices import measured_cpu_tflops
-from megavid.training.flops import mae_train_flops_per_clip
 
 
 class MegavidSide:
@@ -200,7 +200,7 @@ def main() -> None:
         "Trainer.train_step (megatron-core schedule, DDP grad buffer, megatron optimizer, grad "
         "clip, loss all-reduce, mock loader); HF: fresh torch.rand batch, forward, backward, "
         "clip, torch AdamW",
-        "TFLOP/s: model FLOPs of megavid.training.flops (encoder on visible tubelets, decoder on "
+        "TFLOP/s: model FLOPs of megavid.models.flops (encoder on visible tubelets, decoder on "
         "all, 3x forward) for both sides; frac_gemm_peak against a measured 2048^3 fp32 matmul",
         "HF uses fixed sin-cos position embeddings, megavid learned ones (model_params differ)",
     ]

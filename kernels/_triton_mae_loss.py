@@ -2,7 +2,7 @@
 
 Forward reads each masked tubelet's pixels and prediction once, normalises in
 registers and writes one float per tubelet (plus mean and 1/std for backward);
-the normalised target (B, N, P) that ``mae_ops.mae_loss`` materialises, and its
+the normalised target (B, N, P) that ``reference.mae_loss`` materialises, and its
 fp32 copies of ``pred`` and ``patches``, never exist. Unmasked tubelets are not
 read at all: their loss weight is zero. Backward reads ``pred`` and ``patches``
 once more and writes ``grad_pred``.
@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-EPS = 1e-6  # inside the sqrt, as mae_ops.normalize_patches
+EPS = 1e-6  # inside the sqrt, as reference.normalize_patches
 MAX_PATCH_DIM = 16384  # one tubelet per tile row; 4DS tubelets are 1536 pixels
 
 
@@ -78,7 +78,7 @@ def _launch_config(m: int, p: int) -> tuple[int, int, int, tuple[int]]:
 
 
 class FusedMAELoss(torch.autograd.Function):
-    """``mae_ops.mae_loss`` as two kernels; the gradient flows to ``pred`` only."""
+    """``reference.mae_loss`` as two kernels; the gradient flows to ``pred`` only."""
 
     @staticmethod
     def forward(ctx, pred, patches, mask, norm_pix):

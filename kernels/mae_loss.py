@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
-from kernels._dispatch import use_triton
-from megavid.models import mae_ops
+from megavid.kernels import reference
+from megavid.kernels._dispatch import use_triton
 
 
 def fused_mae_loss(
@@ -16,7 +15,7 @@ def fused_mae_loss(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Same value and ``pred`` gradient as ``mae_ops.mae_loss``, less memory traffic.
+    """Same value and ``pred`` gradient as ``reference.mae_loss``, less memory traffic.
 
     pred, patches: (B, N, P); mask: (B, N) bool, True where the tubelet was
     hidden from the encoder. Returns a 0-d fp32 tensor. ``patches`` is the
@@ -33,7 +32,9 @@ def fused_mae_loss(
             f"match and mask {tuple(mask.shape)} must be their leading dims"
         )
     if not use_triton(backend, pred, patches, mask):
-        return mae_ops.mae_loss(pred, patches.detach(), mask, norm_pix=norm_pix)
-    from kernels._triton_mae_loss import FusedMAELoss  # defines kernels: import late
+        return reference.mae_loss(pred, patches.detach(), mask, norm_pix=norm_pix)
+    from megavid.kernels._triton_mae_loss import (
+        FusedMAELoss,  # defines kernels: import late
+    )
 
     return FusedMAELoss.apply(pred, patches, mask, bool(norm_pix))

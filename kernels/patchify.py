@@ -1,15 +1,14 @@
 """Tubelet patchify fused with the token gather, and the decoder-side scatter.
 
-Public functions with the semantics of ``megavid.models.mae_ops``; each runs
+Public functions with the semantics of ``megavid.kernels.reference``; each runs
 the Triton kernel when it can and the reference otherwise (see ``_dispatch``).
 """
 
 from __future__ import annotations
 
 import torch
-
-from kernels._dispatch import use_triton
-from megavid.models import mae_ops
+from megavid.kernels import reference
+from megavid.kernels._dispatch import use_triton
 
 
 def patchify_gather(
@@ -33,8 +32,10 @@ def patchify_gather(
         gt, gh, gw = (d // s for d, s in zip(video.shape[1:4], tubelet))
         ids_keep = torch.arange(gt * gh * gw, device=video.device).expand(video.shape[0], -1)
     if not use_triton(backend, video, ids_keep):
-        return mae_ops.gather_tokens(mae_ops.patchify(video, tubelet), ids_keep)
-    from kernels._triton_patchify import PatchifyGather  # defines kernels: import late
+        return reference.gather_tokens(reference.patchify(video, tubelet), ids_keep)
+    from megavid.kernels._triton_patchify import (
+        PatchifyGather,  # defines kernels: import late
+    )
 
     return PatchifyGather.apply(video, tubelet, ids_keep)
 
@@ -47,7 +48,7 @@ def scatter_tokens(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``mae_ops.scatter_tokens``: (B, K, D) -> (B, N, D), ``fill`` (D,) where no token was kept.
+    """``reference.scatter_tokens``: (B, K, D) -> (B, N, D), ``fill`` (D,) where no token was kept.
 
     Gradients flow to ``visible`` and ``fill`` (the decoder's mask token); the
     ids must be unique per sample.
@@ -58,7 +59,7 @@ def scatter_tokens(
             f"{tuple(ids_keep.shape)} (B, K) and fill {tuple(fill.shape)} (D,)"
         )
     if not use_triton(backend, visible, ids_keep, fill):
-        return mae_ops.scatter_tokens(visible, ids_keep, fill, num_tokens)
-    from kernels._triton_patchify import ScatterTokens
+        return reference.scatter_tokens(visible, ids_keep, fill, num_tokens)
+    from megavid.kernels._triton_patchify import ScatterTokens
 
     return ScatterTokens.apply(visible, ids_keep, fill, int(num_tokens))

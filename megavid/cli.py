@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from megavid.config import RunConfig, load_config
+from megavid.training.common_state import saved_arch
 
 # What runs when no --config is given (also examples/demo_cpu.yaml).
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo_cpu.yaml"
@@ -102,6 +103,6 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. model.masking=tube")
         overrides[key] = yaml.safe_load(value)
     try:
-        return load_config(args.config or DEMO_CONFIG, overrides)
+        return load_config(args.config or DEMO_CONFIG, overrides, saved_model=saved_arch)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

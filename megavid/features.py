@@ -4,7 +4,7 @@ VIDEO is a video file (decoded with PyAV) or a ``.npy`` array of frames
 (T, H, W, 3), uint8 or float in [0, 1]. The clip is the encoder's frame count
 taken from ``--start`` every ``--stride`` frames, centre-cropped to a square and
 resized to the encoder's resolution, in [0, 1] (the model applies its own pixel
-normalisation). CKPT is anything ``megavid.models.load_encoder`` takes: a
+normalisation). CKPT is anything ``megavid.inference.load_encoder`` takes: a
 megavid checkpoint, an official 4DS ``.npz``, a Hugging Face VideoMAE directory
 or a preset name. Writes (T', H', W', D) float32, or (N, D) with ``--tokens``.
 """
@@ -18,32 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def read_clip(path: Path, *, num_frames: int, size: int, start: int = 0,
-              stride: int = 1) -> torch.Tensor:
-    """(1, num_frames, size, size, 3) float32 in [0, 1] from a video file or a .npy of frames."""
-    from megavid.data.transforms import CropPlan, crop_resize
-
-    indices = start + stride * np.arange(num_frames)
-    if path.suffix == ".npy":
-        frames = np.load(path, allow_pickle=False)
-        available = len(frames)
-    else:
-        from megavid.data.decode import PyAVDecoder
-
-        decoder = PyAVDecoder()
-        available = decoder.probe(path).num_frames
-        frames = None
-    if indices[-1] >= available:
-        raise ValueError(f"{path}: {available} frames; --start {start} --stride {stride} needs "
-                         f"{indices[-1] + 1} for a {num_frames}-frame clip")
-    frames = frames[indices] if frames is not None else decoder.decode(path, indices.tolist())
-    if frames.dtype != np.uint8:  # float frames in [0, 1]
-        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    height, width = frames.shape[1:3]
-    side = min(height, width)
-    crop = CropPlan((height - side) // 2, (width - side) // 2, side, side, flip=False)
-    return crop_resize(frames, crop, size, "unit").unsqueeze(0)  # (1, T, size, size, 3)
+from megavid.data.clip import read_clip
+from megavid.inference import load_encoder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from megavid.models import load_encoder
-
     encoder = load_encoder(args.ckpt, device=args.device, num_frames=args.num_frames,
                            image_size=args.image_size)
     arch = encoder.arch

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-import kernels
+import megavid.kernels as kernels
 from megavid.config import ConfigError, RunConfig, config_from_dict, has_validation
 from megavid.data import VALID_SEED, build_valid_loader
+from megavid.data.clip import read_clip
 from megavid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from megavid.features import read_clip
+from megavid.kernels.reference import normalize_patches_per_channel, patchify
 from megavid.models.builder import build_model_chunks
-from megavid.models.mae_ops import normalize_patches_per_channel, patchify
 from megavid.models.masking import make_masks
 from megavid.parallel import runtime
 from megavid.training.checkpoint import load_weights, read_common

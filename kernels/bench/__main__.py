@@ -1,6 +1,6 @@
-"""Entry point of ``python -m kernels.bench``."""
+"""Entry point of ``python -m megavid.kernels.bench``."""
 
-from kernels.bench.cli import main
+from megavid.kernels.bench.cli import main
 
 if __name__ == "__main__":
     main()

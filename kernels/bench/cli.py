@@ -1,4 +1,4 @@
-"""``python -m kernels.bench SUBCOMMAND``: run microbenchmarks, print, write JSON and plots."""
+"""``python -m megavid.kernels.bench SUBCOMMAND``: run microbenchmarks, print, write JSON and plots."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ import time
 from pathlib import Path
 
 import torch
+from megavid.kernels.bench.common import DTYPES, Context, Report
+from megavid.kernels.bench.compute import (
+    bench_attention,
+    bench_gemm,
+    bench_layernorm,
+    bench_patch_embed,
+)
+from megavid.kernels.bench.decode import bench_decode
+from megavid.kernels.bench.triton_bench import bench_triton
 
-from kernels.bench.common import DTYPES, Context, Report
-from kernels.bench.compute import bench_attention, bench_gemm, bench_layernorm, bench_patch_embed
-from kernels.bench.decode import bench_decode
-from kernels.bench.triton_bench import bench_triton
+from megavid.tables import Column, print_table
 from megavid.tools.bench_results import write_results
-from megavid.tools.tables import Column, print_table
 
 REPORT_COLUMNS = [
     Column("name", "name", justify="left"), Column("value", "value", "{:.4g}".format),
@@ -33,7 +38,7 @@ BENCHES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m megavid.kernels.bench", description=__doc__)
     parser.add_argument("command", choices=[*BENCHES, "all"])
     parser.add_argument("--out", help="results JSON (default kernels-bench-COMMAND.json); "
                         "plots go next to it as STEM-PLOT.png")

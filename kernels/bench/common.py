@@ -2,7 +2,7 @@
 
 GPU timing: CUDA events around each call after a warm-up, median of repeats.
 CPU timing: ``time.perf_counter`` likewise. Peaks come from NVIDIA datasheets
-for known GPUs (``megavid.tools.devices.GPU_PEAKS``, sources cited there) and
+for known GPUs (``megavid.parallel.devices.GPU_PEAKS``, sources cited there) and
 are measured on a CPU, where no datasheet applies.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megavid.tools import devices
+from megavid.parallel import devices
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

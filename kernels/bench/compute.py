@@ -10,10 +10,11 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+from megavid.kernels import patchify_gather, reference, triton_usable
+from megavid.kernels.bench.common import Context, Report, element_size, throughput_row
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kernels.bench.common import Context, Report, element_size, throughput_row
-from megavid.models import mae_ops
-from megavid.models.presets import PRESETS
+from megavid.config.presets import PRESETS
 
 MASK_RATIOS = (0.75, 0.8, 0.85, 0.9, 0.95)
 CLIP = PRESETS["4ds-b"]  # 16x224x224 clips, 2x16x16 tubelets: 1568 tokens of 1536 pixels
@@ -90,7 +91,6 @@ def _gemm_fp8(ctx: Context, te, rep: Report, label: str, width: int, mkn: tuple)
 
 
 def _sdpa_backends() -> dict:
-    from torch.nn.attention import SDPBackend
 
     return {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -98,7 +98,6 @@ def _sdpa_backends() -> dict:
 
 def _attention_fns(q, k, v, heads: int, head_dim: int) -> dict:
     """name -> callable(q, k, v) for every backend that runs on this device."""
-    from torch.nn.attention import sdpa_kernel
 
     fns = {}
     for name, backend in _sdpa_backends().items():
@@ -209,9 +208,8 @@ def bench_patch_embed(ctx: Context) -> Report:
     video = torch.randn(batch, CLIP.num_frames, CLIP.image_size, CLIP.image_size, c,
                         device=ctx.device, dtype=ctx.dtype)  # (B, T, H, W, C), as 4DS
     video_cf = video.permute(0, 4, 1, 2, 3).contiguous()  # (B, C, T, H, W) for Conv3d
-    patches = mae_ops.patchify(video, CLIP.tubelet)  # (B, N, P)
+    patches = reference.patchify(video, CLIP.tubelet)  # (B, N, P)
     ids = torch.stack([torch.randperm(n, device=ctx.device)[:kept] for _ in range(batch)])
-    from kernels import patchify_gather, triton_usable
 
     gather_backend = "triton" if triton_usable(video) else "torch"
 
@@ -222,7 +220,7 @@ def bench_patch_embed(ctx: Context) -> Report:
         variants = {
             "conv3d": (lambda: conv(video_cf), n),
             "linear": (lambda: lin(patches), n),
-            "patchify+linear": (lambda: lin(mae_ops.patchify(video, CLIP.tubelet)), n),
+            "patchify+linear": (lambda: lin(reference.patchify(video, CLIP.tubelet)), n),
             "gather+linear": (lambda: lin(patchify_gather(video, CLIP.tubelet, ids)), kept),
         }
         times = {}

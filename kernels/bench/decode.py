@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from kernels.bench.common import Context, Report
+from megavid.kernels.bench.common import Context, Report
 
 DALI_SEQUENCE = 16  # frames per DALI sample: one 4DS clip
 

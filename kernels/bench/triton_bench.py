@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-
-from kernels import (
-    fused_mae_loss, interpreter_enabled, patchify_gather, scatter_tokens, triton_usable,
+from megavid.kernels import (
+    fused_mae_loss,
+    interpreter_enabled,
+    patchify_gather,
+    reference,
+    scatter_tokens,
+    triton_usable,
 )
-from kernels.bench.common import Context, Report, element_size, throughput_row
-from megavid.models import mae_ops
-from megavid.models.presets import PRESETS
+from megavid.kernels.bench.common import Context, Report, element_size, throughput_row
+
+from megavid.config.presets import PRESETS
 
 CLIP = PRESETS["4ds-b"]
 
@@ -60,21 +64,21 @@ def _cases(ctx: Context) -> dict[str, Case]:
         "mae_loss": Case(
             (pred, patches, mask), (True, False, False),
             lambda a, b, m: fused_mae_loss(a, b, m, backend="triton"),
-            lambda a, b, m: mae_ops.mae_loss(a, b, m),
+            lambda a, b, m: reference.mae_loss(a, b, m),
             2 * masked * p * elt,  # read pred and target of masked tubelets
             (2 * masked + batch * n) * p * elt,  # read both again, write grad_pred
         ),
         "patchify_gather": Case(
             (video,), (True,),
             lambda v: patchify_gather(v, CLIP.tubelet, ids, backend="triton"),
-            lambda v: mae_ops.gather_tokens(mae_ops.patchify(v, CLIP.tubelet), ids),
+            lambda v: reference.gather_tokens(reference.patchify(v, CLIP.tubelet), ids),
             2 * batch * k * p * elt,  # read kept tubelets, write them
             (batch * k + batch * n) * p * elt,  # read their grads, write the video's
         ),
         "scatter_tokens": Case(
             (visible, fill), (True, True),
             lambda v, f: scatter_tokens(v, ids, f, n, backend="triton"),
-            lambda v, f: mae_ops.scatter_tokens(v, ids, f, n),
+            lambda v, f: reference.scatter_tokens(v, ids, f, n),
             batch * (k + n) * d * elt,  # read visible, write full
             batch * (n + k) * d * elt,  # read full grad, write visible grad
         ),

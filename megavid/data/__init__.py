@@ -4,9 +4,15 @@
 the synthetic clips a run uses when ``data.path`` is unset.
 """
 
-from megavid.data.decode import DecodeError, PyAVDecoder, VideoDecoder, VideoInfo, build_decoder
+from megavid.data.dali import build_decoder
+from megavid.data.decode import DecodeError, PyAVDecoder, VideoDecoder, VideoInfo
 from megavid.data.demo_clips import ensure_demo_clips
-from megavid.data.loader import VALID_SEED, VideoLoader, build_train_loader, build_valid_loader
+from megavid.data.loader import (
+    VALID_SEED,
+    VideoLoader,
+    build_train_loader,
+    build_valid_loader,
+)
 from megavid.data.sources import Clip, list_clips
 
 __all__ = [

@@ -30,16 +30,24 @@ import os
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from megavid.config import ConfigError
-from megavid.data.decode import DecodeError, PyAVDecoder, UnsupportedCodec, VideoInfo
+from megavid.config import ConfigError, DataConfig
+from megavid.config.preflight import DALI_HINT as INSTALL_HINT
+from megavid.config.preflight import require_dali as _require_installed
+from megavid.data.decode import (
+    DecodeError,
+    PyAVDecoder,
+    UnsupportedCodec,
+    VideoDecoder,
+    VideoInfo,
+)
 from megavid.data.frame_index import remux_segment
 from megavid.data.media import Media, read_media
 
 log = logging.getLogger(__name__)
 
 CPU_CODECS = ("vp8", "vp9")  # what DALI's CPU video decoder handles in the pip wheel
-INSTALL_HINT = "pip install nvidia-dali-cuda120"
 MAX_BATCH = 64  # most samples one pipeline run takes (DALI batches may be smaller)
 
 
@@ -55,16 +63,13 @@ def dali_available() -> bool:
 
 
 def cuda_available() -> bool:
-    import torch
 
     return torch.cuda.is_available()
 
 
 def require_dali() -> str:
     """The DALI device to use ("mixed" with CUDA, else "cpu"); a clear error without DALI."""
-    if not dali_available():
-        raise ConfigError(f"data.decoder: 'dali' needs NVIDIA DALI, which is not installed; "
-                          f"run `{INSTALL_HINT}`, or set data.decoder to 'auto' or 'pyav'")
+    _require_installed(dali_available())
     if cuda_available():
         log.info("data.decoder=dali: decoding on the GPU (DALI mixed, NVDEC)")
         return "mixed"
@@ -226,3 +231,16 @@ class AutoDecoder:
             for i, out in zip(batched, self.dali.decode_many([jobs[i] for i in batched])):
                 results[i] = out
         return results
+
+
+def build_decoder(name: str, dali_threads: int = 1) -> VideoDecoder:
+    """The decoder backend named by ``data.decoder`` (``auto``: ``AutoDecoder``);
+    ``dali_threads``: threads of a DALI pipeline."""
+    if name not in DataConfig.CHOICES["decoder"]:
+        raise ValueError(f"data.decoder: unknown backend {name!r}; choose one of "
+                         f"{DataConfig.CHOICES['decoder']}")
+    if name == "pyav":
+        return PyAVDecoder()
+    if name == "dali":
+        return DALIDecoder(device=require_dali(), num_threads=dali_threads)
+    return AutoDecoder(num_threads=dali_threads)

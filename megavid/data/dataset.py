@@ -26,8 +26,15 @@ from megavid.data.decode import DecodeError, VideoDecoder, VideoInfo
 from megavid.data.media import Media
 from megavid.data.sampling import EpochPermutation
 from megavid.data.sources import Clip, label_ids
-from megavid.data.transforms import (CropPlan, FramePlan, crop_resize, plan_centre_crop,
-                                     plan_crop, plan_frames, sample_rng)
+from megavid.data.transforms import (
+    CropPlan,
+    FramePlan,
+    crop_resize,
+    plan_centre_crop,
+    plan_crop,
+    plan_frames,
+    sample_rng,
+)
 
 # Upsampling more than 4x invents the pixels an MAE is asked to reconstruct.
 MIN_SIDE_FRACTION = 0.25  # of the model's image size: shorter frames are skipped_too_small

@@ -23,12 +23,20 @@ from typing import Optional, Protocol, Sequence
 import av
 import numpy as np
 
-from megavid.data.frame_index import (READ_ERRORS, DecodeError, EmptyFile, FrameIndex,
-                                      NoVideoStream, Truncated, UnsupportedCodec, read_index)
+from megavid.data.frame_index import (
+    READ_ERRORS,
+    DecodeError,
+    EmptyFile,
+    FrameIndex,
+    NoVideoStream,
+    Truncated,
+    UnsupportedCodec,
+    read_index,
+)
 from megavid.data.media import open_media
 
 __all__ = ["DecodeError", "EmptyFile", "NoVideoStream", "Truncated", "UnsupportedCodec",
-           "VideoInfo", "VideoDecoder", "PyAVDecoder", "build_decoder", "DECODERS"]
+           "VideoInfo", "VideoDecoder", "PyAVDecoder"]
 
 
 @dataclass(frozen=True)
@@ -139,20 +147,3 @@ class PyAVDecoder:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return index
-
-
-DECODERS = ("auto", "dali", "pyav")  # the values of data.decoder
-
-
-def build_decoder(name: str, dali_threads: int = 1) -> VideoDecoder:
-    """The decoder backend named by ``data.decoder`` (``auto``: see ``dali.AutoDecoder``);
-    ``dali_threads``: threads of a DALI pipeline."""
-    from megavid.data import dali  # DALI itself is imported lazily there
-
-    if name not in DECODERS:
-        raise ValueError(f"data.decoder: unknown backend {name!r}; choose one of {DECODERS}")
-    if name == "pyav":
-        return PyAVDecoder()
-    if name == "dali":
-        return dali.DALIDecoder(device=dali.require_dali(), num_threads=dali_threads)
-    return dali.AutoDecoder(num_threads=dali_threads)

@@ -16,14 +16,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from megavid.config import ConfigError, DataConfig
+from megavid.config.presets import ModelArch
 from megavid.data import dali
+from megavid.data.dali import build_decoder
 from megavid.data.dataset import VideoClipDataset, collate_samples
-from megavid.data.sources import Clip, list_clips
-from megavid.data.decode import DECODERS, build_decoder
 from megavid.data.demo_clips import ensure_demo_clips
 from megavid.data.mock import MockLoader
 from megavid.data.sampling import MicroBatchSampler, StreamPosition
-from megavid.models.presets import ModelArch
+from megavid.data.sources import Clip, list_clips
+from megavid.parallel import cpu_compat
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class VideoLoader(StreamPosition):
         workers = self.num_workers > 0
         loader = DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-            collate_fn=collate_samples, pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_samples, pin_memory=cpu_compat.pin_memory(),
             persistent_workers=workers, prefetch_factor=2 if workers else None,
             worker_init_fn=_init_worker,
             # A private generator: building the iterator must not draw from torch's global RNG.
@@ -107,20 +108,6 @@ def demo_clip_shape(arch: ModelArch, frame_stride: int) -> dict:
                 size=(even(1.25 * arch.image_size), even(1.5 * arch.image_size)))
 
 
-def _check_config(cfg: DataConfig) -> None:
-    if cfg.num_workers < 0:
-        raise ConfigError(f"data.num_workers (--num-workers): {cfg.num_workers} must be >= 0")
-    if cfg.frame_stride < 1:
-        raise ConfigError(f"data.frame_stride: {cfg.frame_stride} must be >= 1")
-    if cfg.path is None and cfg.demo_clips < 1:
-        raise ConfigError(f"data.demo_clips: {cfg.demo_clips} must be >= 1 (or set --data)")
-    if cfg.decoder not in DECODERS:
-        raise ConfigError(f"data.decoder: {cfg.decoder!r} is not one of {DECODERS}")
-    if cfg.dali_threads < 0:
-        raise ConfigError(f"data.dali_threads: {cfg.dali_threads} must be >= 0 (0: the cores "
-                          "divided among data.num_workers)")
-
-
 def split_clips(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[Clip]]:
     """(train, validation): ``round(fraction * N)`` clips (at least one) held out, those
     whose names hash lowest, so the split depends on the files, not on their order, and
@@ -142,7 +129,6 @@ def split_clips(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[Cl
 
 def _clips(cfg: DataConfig, arch: ModelArch, *, valid: bool) -> list[Clip]:
     """The training (or validation) clips of ``cfg``, the demo's when it names none."""
-    _check_config(cfg)
     if valid and cfg.valid_path is not None:
         return list_clips(cfg.valid_path)
     if cfg.path is not None:

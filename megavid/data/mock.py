@@ -12,8 +12,8 @@ import math
 
 import torch
 
+from megavid.config.presets import ModelArch
 from megavid.data.sampling import StreamPosition, micro_batch_positions
-from megavid.models.presets import ModelArch
 
 
 def mock_clip(arch: ModelArch, seed: int, index: int, out: torch.Tensor | None = None) -> torch.Tensor:

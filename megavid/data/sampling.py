@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def check_batch_layout(global_batch_size: int, micro_batch_size: int, dp_size: int) -> int:
-    """Micro-batches per rank per step; errors name the flags to change."""
-    if global_batch_size % (micro_batch_size * dp_size):
-        raise ValueError(
-            f"--global-batch-size {global_batch_size} must be a multiple of "
-            f"--micro-batch-size {micro_batch_size} x data-parallel size {dp_size}"
-        )
-    return global_batch_size // (micro_batch_size * dp_size)
+from megavid.config.preflight import micro_batches_per_step
 
 
 def micro_batch_positions(micro_batch: int, *, global_batch_size: int, micro_batch_size: int,
                           dp_rank: int, dp_size: int) -> range:
     """Global positions of this rank's ``micro_batch``-th micro-batch (counted from step 0)."""
-    per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
+    per_step = micro_batches_per_step(global_batch_size, micro_batch_size, dp_size)
     step, k = divmod(micro_batch, per_step)
     per_rank = global_batch_size // dp_size
     start = step * global_batch_size + dp_rank * per_rank + k * micro_batch_size
@@ -43,7 +35,7 @@ class StreamPosition:
 
     def __init__(self, *, global_batch_size: int, micro_batch_size: int, dp_rank: int,
                  dp_size: int, start_step: int = 0):
-        self.per_step = check_batch_layout(global_batch_size, micro_batch_size, dp_size)
+        self.per_step = micro_batches_per_step(global_batch_size, micro_batch_size, dp_size)
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank {dp_rank} is outside [0, {dp_size})")
         self.layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,

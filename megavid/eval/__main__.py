@@ -13,8 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from megavid.config.presets import PRESETS
+from megavid.eval.run import DEFAULT_FEATURE_CACHE, EvalConfig, run_eval
 from megavid.eval.tasks import TASKS
 from megavid.eval.train import ReadoutConfig
+from megavid.parallel import runtime
+
 
 def build_parser() -> argparse.ArgumentParser:
     d = ReadoutConfig()
@@ -80,7 +84,6 @@ def validate(args) -> str | None:
     if args.ckpt and not Path(args.ckpt).expanduser().exists():
         return f"--ckpt {args.ckpt}: no such file or directory"
     if args.preset:
-        from megavid.models.presets import PRESETS
         if args.preset.lower() not in PRESETS:
             return f"--preset {args.preset}: unknown; choose one of {', '.join(PRESETS)}"
     for flag in ("data", "train_data"):
@@ -94,8 +97,6 @@ def validate(args) -> str | None:
 
 
 def config_from_args(args):
-    from megavid.eval.run import DEFAULT_FEATURE_CACHE, EvalConfig
-
     readout = ReadoutConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, warmup=args.warmup,
                             width=args.readout_width, heads=args.readout_heads, seed=args.seed,
@@ -116,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"megavid.eval: error: {problem}", file=sys.stderr)
         return 2
-    from megavid.eval.run import run_eval
-    from megavid.parallel import runtime
-
     try:
         run_eval(config_from_args(args))
     except (ValueError, FileNotFoundError) as err:  # data that cannot serve the task

@@ -33,39 +33,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from megavid.eval import readers
-from megavid.eval.synthetic import GENERATOR_VERSION, INDEX_FILE
+from megavid.eval.readers import Clip4D
+from megavid.eval.synthetic import GENERATOR_VERSION, INDEX_FILE, write_synthetic
+from megavid.eval.synthetic.render import mitsuba
 
 LAYOUT_PARTS = ("scenes", "cameras", "tracks", "boxes")
-
-
-@dataclass
-class Clip4D:
-    """One evaluation clip; a label a source does not have is ``None``."""
-
-    name: str
-    video: np.ndarray  # (T, H, W, 3) float32 in [0, 1]
-    depth: np.ndarray | None = None  # (T, H, W) float32 metres (z-depth), 0 = invalid
-    intrinsics: np.ndarray | None = None  # (T, 3, 3) float32, pixels
-    cam_to_world: np.ndarray | None = None  # (T, 4, 4) float32, OpenCV camera
-    tracks: np.ndarray | None = None  # (N, T, 2) float32 pixel (x, y), centres at +0.5
-    visible: np.ndarray | None = None  # (N, T) bool
-    boxes: np.ndarray | None = None  # (M, T, 4) float32 pixel (x0, y0, x1, y1)
-    box_visible: np.ndarray | None = None  # (M, T) bool
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.video.shape[0])
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width) in pixels."""
-        return int(self.video.shape[1]), int(self.video.shape[2])
 
 
 # Default synthetic benchmark: sized for the `tiny` preset (8 frames at 64x64) on a CPU.
@@ -104,7 +84,6 @@ def make_synthetic(out_dir: str | Path, *, num_scenes: int, frames: int = 16, si
     the indices form the test split. ``render`` takes ``spp``, ``num_tracks`` and
     ``workers`` (see ``megavid.eval.synthetic.write_synthetic``).
     """
-    from megavid.eval.synthetic import write_synthetic
     return write_synthetic(Path(out_dir), num_scenes=num_scenes, frames=frames, size=size,
                            seed=seed, test_fraction=test_fraction, **render)
 
@@ -115,7 +94,6 @@ def ensure_synthetic(cache_dir: str | Path, **settings) -> Path:
     The folder is named by a hash of the generator version, the Mitsuba version and
     the settings (``workers`` excluded: it does not change the output).
     """
-    from megavid.eval.synthetic.render import mitsuba
     workers = settings.pop("workers", None)
     key = json.dumps({"version": GENERATOR_VERSION, "mitsuba": mitsuba().__version__,
                       **settings}, sort_keys=True)
@@ -260,8 +238,6 @@ def crop_resize(clip: Clip4D, size: int) -> Clip4D:
     invent depths nobody saw). Tracks and boxes leaving the crop become invisible;
     boxes are clipped to it. Coordinates map exactly: ``x' = (x - x0) * size / side``.
     """
-    import torch
-    import torch.nn.functional as F
 
     height, width = clip.size
     side = min(height, width)

@@ -32,6 +32,31 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # --------------------------------------------------------------------------- TAP-Vid
 
+
+@dataclass
+class Clip4D:
+    """One evaluation clip; a label a source does not have is ``None``."""
+
+    name: str
+    video: np.ndarray  # (T, H, W, 3) float32 in [0, 1]
+    depth: np.ndarray | None = None  # (T, H, W) float32 metres (z-depth), 0 = invalid
+    intrinsics: np.ndarray | None = None  # (T, 3, 3) float32, pixels
+    cam_to_world: np.ndarray | None = None  # (T, 4, 4) float32, OpenCV camera
+    tracks: np.ndarray | None = None  # (N, T, 2) float32 pixel (x, y), centres at +0.5
+    visible: np.ndarray | None = None  # (N, T) bool
+    boxes: np.ndarray | None = None  # (M, T, 4) float32 pixel (x0, y0, x1, y1)
+    box_visible: np.ndarray | None = None  # (M, T) bool
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.video.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.video.shape[1]), int(self.video.shape[2])
+
+
 def write_tapvid(path: str | Path, *, video: np.ndarray, points: np.ndarray,
                  occluded: np.ndarray) -> None:
     """One video's TAP-Vid pickle; ``points`` are normalised (x, y) in [0, 1]."""
@@ -75,7 +100,6 @@ def read_tapvid(path: str | Path) -> list[tuple[str, dict]]:
 
 def read_tapvid_clips(path: str | Path) -> list:
     """``Clip4D``s with pixel tracks from a TAP-Vid pickle or folder of pickles."""
-    from megavid.eval.datasets import Clip4D
     clips = []
     for name, d in read_tapvid(path):
         height, width = d["video"].shape[1:3]

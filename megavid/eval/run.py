@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,12 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
+from megavid.config.preflight import check_model_split, check_world_split
 from megavid.eval import plots
-from megavid.eval.features import cached_features
+from megavid.eval.datasets import load_dataset
+from megavid.eval.feature_cache import cached_features
 from megavid.eval.tasks import get_task
 from megavid.eval.train import ReadoutConfig, dp_info, predict, train_readout
-from megavid.tools.tables import Column, print_table
+from megavid.inference import load_encoder, source_arch
+from megavid.parallel import cpu_compat, runtime
+from megavid.tables import Column, print_table
 
 METRIC_COLUMNS = [Column("metric", "metric", justify="left"), Column("value", "value", "{:.4g}".format)]
 
@@ -58,12 +62,6 @@ def _log(message: str) -> None:
         print(message, flush=True)
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def _barrier() -> None:
     if dp_info()[1] > 1:
         dist.barrier()
@@ -71,8 +69,6 @@ def _barrier() -> None:
 
 def load_splits(cfg: EvalConfig, arch) -> tuple[list, list]:
     """(train clips, test clips) fitted to the encoder's clip shape; rank 0 generates first."""
-    from megavid.eval.datasets import load_dataset
-
     kwargs = dict(num_frames=arch.num_frames, size=arch.image_size, cache_dir=cfg.data_cache,
                   max_clips=cfg.max_clips, synthetic=cfg.synthetic or None)
     rank, _ = dp_info()
@@ -92,18 +88,14 @@ def load_splits(cfg: EvalConfig, arch) -> tuple[list, list]:
     return train, test
 
 
-def start_runtime(cfg: EvalConfig) -> None:
+def start_runtime(cfg: EvalConfig, arch) -> None:
     """The process group and the encoder's TP x PP layout (a model too large for one device
-    is split; the readout, small, trains data parallel over every rank)."""
-    from megatron.core import parallel_state
-
-    from megavid.parallel import runtime
-
+    is split; the readout, small, trains data parallel over every rank). The layout is
+    checked first, before any group exists."""
+    world = dist.get_world_size() if dist.is_initialized() else runtime.read_dist_env().world_size
+    check_world_split(world, cfg.tp, cfg.pp)
+    check_model_split(arch, cfg.tp, cfg.pp, decoder=False)
     runtime.init_distributed()
-    world = dp_info()[1]
-    if world % (cfg.tp * cfg.pp):
-        raise ValueError(f"--tp {cfg.tp} x --pp {cfg.pp} does not divide the {world} processes; "
-                         "launch a multiple of tp * pp processes")
     if not parallel_state.model_parallel_is_initialized() or (
             parallel_state.get_tensor_model_parallel_world_size(),
             parallel_state.get_pipeline_model_parallel_world_size()) != (cfg.tp, cfg.pp):
@@ -113,8 +105,6 @@ def start_runtime(cfg: EvalConfig) -> None:
 def encoder_replicas() -> tuple[int, int, object]:
     """(this rank's encoder replica, replicas, the group joining a rank to its peers in the
     other replicas): megatron-core's data-parallel group."""
-    from megatron.core import parallel_state
-
     return (parallel_state.get_data_parallel_rank(),
             parallel_state.get_data_parallel_world_size(),
             parallel_state.get_data_parallel_group())
@@ -128,8 +118,6 @@ class LazyEncoder:
 
     def __call__(self, source: str):
         if self.encoder is None:
-            from megavid.models import load_encoder
-
             started = time.perf_counter()
             self.encoder = load_encoder(source, device=self.device,
                                         num_frames=self.cfg.num_frames,
@@ -142,15 +130,11 @@ class LazyEncoder:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Train and evaluate one readout; returns what ``metrics.json`` holds (on rank 0)."""
-    from megavid.models import source_arch
-    from megavid.parallel.layout import check_model_split
-
     task = get_task(cfg.task, num_queries=cfg.num_queries)
-    device = _device()
+    device = cpu_compat.local_device()
     started = time.perf_counter()
-    start_runtime(cfg)
     arch = source_arch(cfg.source, num_frames=cfg.num_frames, image_size=cfg.image_size)
-    check_model_split(arch, cfg.tp, cfg.pp, decoder=False)
+    start_runtime(cfg, arch)
     train_clips, test_clips = load_splits(cfg, arch)
     task.check(train_clips, "--train-data" if cfg.train_data else "--data")
     task.check(test_clips, "--data")

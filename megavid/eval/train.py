@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -64,7 +65,6 @@ def wrap_data_parallel(head: torch.nn.Module) -> torch.nn.Module:
     _, world = dp_info()
     if world == 1:
         return head
-    from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(head)
 

@@ -16,8 +16,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from megavid import cli
 from megavid.config import ConfigError, RunConfig
-from megavid.parallel.layout import Layout, LayoutError, resolve_layout
+from megavid.config.preflight import Layout, LayoutError, resolve_layout
+from megavid.plan import estimate_memory_per_gpu
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "slurm" / "pretrain.sbatch"
 MODES = ("torchrun", "srun")
@@ -115,8 +117,6 @@ def pretrain_args(job: SlurmJob) -> list[str]:
 
 def _load_run_config(args: list[str]) -> RunConfig:
     """megavid.pretrain's own parser, its error turned into a LaunchError."""
-    from megavid import cli
-
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -258,11 +258,7 @@ def render(checked: CheckedJob, template: Path = TEMPLATE) -> str:
 
 
 def memory_estimate(checked: CheckedJob) -> str:
-    """Peak memory per GPU from megavid.plan, when that planner is installed."""
-    try:
-        from megavid.plan import estimate_memory_per_gpu
-    except ImportError:
-        return "planner not available"
+    """Peak memory per GPU from megavid.plan."""
     try:
         gb = estimate_memory_per_gpu(checked.cfg, checked.job.world_size)
     except Exception as err:  # advisory only: an estimate must never block a launch

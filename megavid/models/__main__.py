@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from megavid.models.presets import PRESETS, count_parameters
-from megavid.tools.tables import Column, print_table
-from megavid.training.flops import mae_forward_flops
+from megavid.config.presets import PRESETS, count_parameters
+from megavid.models.flops import mae_forward_flops
+from megavid.tables import Column, print_table
 
 COLUMNS = [
     Column("preset", "preset", justify="left"),

@@ -1,9 +1,9 @@
 """Build this rank's model chunks from a run config.
 
-The encoder+decoder stack of ``Le + Ld`` layers is cut into ``pp * vpp`` equal
-contiguous chunks; chunk ``c`` lives on pipeline rank ``c % pp`` as its model
-chunk ``c // pp`` (megatron-core's interleaved order). Parameter values are
-then set by ``megavid.parallel.init``, which makes them independent of the
+The encoder+decoder stack of ``Le + Ld`` layers is placed by the stage map
+(``megavid.config.stages``: ``pp * vpp`` equal contiguous chunks in megatron-core's
+interleaved order). Parameter values are
+then set by ``megavid.models.initialization``, which makes them independent of the
 layout.
 """
 
@@ -13,38 +13,12 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megavid.config import ConfigError, ModelConfig, RunConfig
-from megavid.models.layer_specs import get_layer_spec, transformer_engine_available
+from megavid.config import ModelConfig, RunConfig, StageMap
+from megavid.config.preflight import check_model_split, resolve_backend
+from megavid.config.presets import ModelArch
+from megavid.models.layer_specs import get_layer_spec
 from megavid.models.mae import VideoMAEChunk
 from megavid.models.masking import num_visible
-from megavid.models.presets import ModelArch
-from megavid.parallel.layout import check_model_split
-
-
-def resolve_backend(requested: str, *, fp8: str | None = None) -> str:
-    """``auto`` -> Transformer Engine when CUDA and TE are both present."""
-    backend = requested
-    if requested == "auto":
-        usable = torch.cuda.is_available() and transformer_engine_available()
-        backend = "transformer_engine" if usable else "local"
-    if fp8 is not None and backend != "transformer_engine":
-        raise ConfigError(
-            f"--fp8 {fp8} needs Transformer Engine on a CUDA machine (pip install 'megavid[te]' "
-            "or NVIDIA's PyTorch container); drop --fp8 to train in bf16/fp32"
-        )
-    return backend
-
-
-def chunk_ranges(total_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
-    """[first, last) layer ranges of the ``pp * vpp`` chunks, in global chunk order."""
-    chunks = pp * vpp
-    if total_layers % chunks:
-        raise ConfigError(
-            f"--pp {pp} x --vpp {vpp} = {chunks} chunks do not divide the {total_layers} "
-            "layers (encoder + decoder); pick pp*vpp dividing the layer count"
-        )
-    size = total_layers // chunks
-    return [(c * size, (c + 1) * size) for c in range(chunks)]
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +66,7 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
         moe_token_dispatcher_type="alltoall",
         # megatron-core 0.16's initialisation alone tags TP-sharded parameters (partition
         # dim, which grad-norm and checkpointing need; 0.19 tags them either way);
-        # megavid.parallel.init sets the values.
+        # megavid.models.initialization sets the values.
         perform_initialization=True,
         init_method=torch.nn.init.zeros_,
         output_layer_init_method=torch.nn.init.zeros_,
@@ -116,7 +90,7 @@ def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[Vi
     par = cfg.parallel
     pp, vpp = par.pipeline_model_parallel_size, par.virtual_pipeline_model_parallel_size or 1
     total = arch.num_layers + arch.decoder_num_layers
-    ranges = chunk_ranges(total, pp, vpp)
+    stages = StageMap(total, pp, vpp)
     backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8)
     tp = par.tensor_model_parallel_size
     pad_multiple = tp if par.sequence_parallel else 1
@@ -132,8 +106,8 @@ def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[Vi
                               qkv_bias=qkv_bias)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     chunks = []
-    for v in range(vpp):
-        first, last = ranges[v * pp + pp_rank]
+    for v, layers in enumerate(stages.rank_layers(pp_rank)):
+        first, last = layers.start, layers.stop
         chunks.append(VideoMAEChunk(
             arch=arch, encoder_config=enc_cfg, decoder_config=dec_cfg,
             encoder_spec=enc_spec, decoder_spec=dec_spec, first=first, last=last,
@@ -160,8 +134,8 @@ def build_encoder_chunk(model_cfg: ModelConfig) -> VideoMAEChunk:
     config = transformer_config(cfg, width=arch.hidden_size, ffn=arch.ffn_hidden_size,
                                 heads=arch.num_attention_heads, total_layers=arch.num_layers)
     spec = get_layer_spec("local", padding_mask=False, qkv_bias=model_cfg.qkv_bias)
-    size = arch.num_layers // pp
-    first = parallel_state.get_pipeline_model_parallel_rank() * size
+    (layers,) = StageMap(arch.num_layers, pp).rank_layers(
+        parallel_state.get_pipeline_model_parallel_rank())
     return VideoMAEChunk(arch=arch, encoder_config=config, decoder_config=config,
-                         encoder_spec=spec, decoder_spec=spec, first=first, last=first + size,
+                         encoder_spec=spec, decoder_spec=spec, first=layers.start, last=layers.stop,
                          model_cfg=model_cfg, pad_multiple=1, kernel_backend="torch")

@@ -16,7 +16,7 @@ keys are skipped and reported. Semantics the file does not store, fixed by the
 official code: pre-LN blocks, LayerNorm eps 1e-6, tanh GELU, no final norm, no
 input normalisation ([0, 1] RGB), learned position table, biases everywhere.
 
-megavid's side is a layout-free state dict (``megavid.parallel.init``): whole
+megavid's side is a layout-free state dict (``megavid.models.layout_free``): whole
 tensors under names such as ``encoder.layers.3.self_attention.linear_qkv.weight``,
 whose rows megatron-core interleaves per head as ``[q_h; k_h; v_h]``.
 """
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from megavid.config import ModelConfig
+from megavid.config.presets import ModelArch, get_preset, preset_for
 from megavid.models.posembed import sincos_table
-from megavid.models.presets import ModelArch, get_preset, preset_for
 
 ENCODER_PREFIXES = ("params/encoder/", "params/layers_0/encoder/")
 _LAYER = re.compile(r"^processor/layers_(\d+)/")

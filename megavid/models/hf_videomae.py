@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from megavid.config import ModelConfig
+from megavid.config.presets import get_preset, preset_for
 from megavid.models.fourds import FormatError, _fused_qkv, split_qkv
-from megavid.models.presets import get_preset, preset_for
 
 HF_DECODER_NORM_EPS = 1e-5  # VideoMAEDecoder.norm is nn.LayerNorm(width): torch's default
 _ACTIVATIONS = {"gelu": "exact", "gelu_pytorch_tanh": "tanh"}

@@ -19,7 +19,10 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
-from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+from megatron.core.transformer.transformer_layer import (
+    TransformerLayer,
+    TransformerLayerSubmodules,
+)
 
 from megavid.config import ConfigError
 from megavid.models.attention import SDPACoreAttention
@@ -28,27 +31,15 @@ from megavid.models.norm import LayerNorm
 BACKENDS = ("local", "transformer_engine")
 
 
-def transformer_engine_available() -> bool:
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # ImportError, or a TE build that cannot find CUDA
-        return False
-    return True
-
 
 def get_layer_spec(backend: str, *, padding_mask: bool, qkv_bias: str = "qkv") -> ModuleSpec:
-    """A ``TransformerLayer`` spec for ``backend`` (``local``/``transformer_engine``)."""
+    """A ``TransformerLayer`` spec for ``backend`` (``local``/``transformer_engine``): a backend
+    the pre-flight's ``resolve_backend`` chose, so Transformer Engine is known to import."""
     mask_type = AttnMaskType.padding if padding_mask else AttnMaskType.no_mask
     spec = None
     if backend == "local":
         spec = _local_spec(mask_type)
     if backend == "transformer_engine":
-        if not transformer_engine_available():
-            raise ConfigError(
-                "model.transformer_impl=transformer_engine needs Transformer Engine "
-                "(pip install 'megavid[te]' on a CUDA machine, or use NVIDIA's PyTorch "
-                "container); use transformer_impl=local otherwise"
-            )
         spec = _te_spec(mask_type)
     if spec is None:
         raise ConfigError(f"model.transformer_impl: {backend!r} is not one of {BACKENDS}")
@@ -80,7 +71,7 @@ def _local_spec(mask_type: AttnMaskType) -> ModuleSpec:
 
 def _te_spec(mask_type: AttnMaskType) -> ModuleSpec:
     # The LayerNorms fold into TE's LayerNorm+linear modules, hence IdentityOp.
-    from megatron.core.extensions.transformer_engine import (
+    from megatron.core.extensions.transformer_engine import (  # imports TE: optional
         TEDotProductAttention,
         TELayerNormColumnParallelLinear,
         TERowParallelLinear,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 from megatron.core.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -43,13 +44,12 @@ from megatron.core.transformer.utils import (
     make_sharded_tensors_for_checkpoint,
     sharded_state_dict_default,
 )
-from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 
-import kernels
+import megavid.kernels as kernels
 from megavid.config import ModelConfig
+from megavid.config.presets import ModelArch
 from megavid.models.norm import LayerNorm
 from megavid.models.posembed import sincos_table
-from megavid.models.presets import ModelArch
 
 # Layout-free names of the MAE decoder's tensors (absent from encoder-only weights)
 DECODER_PREFIXES = ("decoder_embed.", "mask_token", "decoder_pos_embed", "decoder.",

@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import torch
 
-
-def num_visible(grid: tuple[int, int, int], mask_ratio: float, masking: str) -> int:
-    """Visible tokens per sample (VideoMAE's rounding: int(ratio * n) are masked)."""
-    gt, gh, gw = grid
-    if masking == "tube":
-        per_frame = gh * gw
-        return gt * (per_frame - int(mask_ratio * per_frame))
-    n = gt * gh * gw
-    return n - int(mask_ratio * n)
+from megavid.config.presets import (
+    num_visible,  # the count is a definition; the draw is here
+)
 
 
 def _sample_generator(seed: int, index: int) -> torch.Generator:

@@ -9,7 +9,6 @@ so ``finalize_model_grads`` all-reduces their gradients over the TP group
 from __future__ import annotations
 
 import torch
-
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 

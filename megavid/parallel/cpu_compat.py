@@ -15,7 +15,8 @@ False -- bridges exactly that:
 4. ``Tensor.type()`` answers the CUDA spelling (``torch.cuda.FloatTensor``)
    that megatron-core's optimizer and grad-clipping checks compare against.
 
-Nothing else in megavid knows whether it runs on CPU or GPU. Checked against
+Nothing else in megavid knows whether it runs on CPU or GPU: code that must name
+a device asks ``local_device()`` (and ``pin_memory()`` for host buffers). Checked against
 both ends of the supported megatron-core range, 0.16.1 and 0.19.2 (CI runs its
 tests, ``tests/parallel/test_cpu_compat.py``, and the parity suite on each).
 """
@@ -23,6 +24,7 @@ tests, ``tests/parallel/test_cpu_compat.py``, and the parity suite on each).
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -148,3 +150,16 @@ def install() -> bool:
 
 def is_installed() -> bool:
     return _installed
+
+
+def local_device() -> torch.device:
+    """This process's compute device: its GPU (LOCAL_RANK) with CUDA, else the CPU."""
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def pin_memory() -> bool:
+    """Whether host batches should be page-locked: only when they go to a GPU."""
+    return torch.cuda.is_available()

@@ -115,6 +115,27 @@ _LAUNCHER_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_JOB_ID
                   "GROUP_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 
 
+def ensure_model_parallel(caller: str) -> None:
+    """A one-process gloo group and TP=PP=1 when the caller has set up nothing (the feature
+    API in a notebook); in a multi-process job the caller must have chosen the layout."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not parallel_state.model_parallel_is_initialized():
+        env = read_dist_env()
+        if dist.is_initialized() and dist.get_world_size() > 1 or env.world_size > 1:
+            raise RuntimeError(
+                f"{caller} in a multi-process job: initialise the layout first, e.g. "
+                "megavid.parallel.runtime.init_distributed(); "
+                "runtime.init_model_parallel(tp=2, pp=1, vpp=None)")
+        init_distributed(env=env)
+        init_model_parallel(tp=1, pp=1, vpp=None)
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    if not tracker.get_states():  # megatron's TP init forks this tracker; keep the caller's RNG
+        state = torch.get_rng_state()
+        tensor_parallel.model_parallel_cuda_manual_seed(0)
+        torch.set_rng_state(state)
+
+
 def write_rank_layout(directory: str) -> dict:
     """Record where this rank landed (node, local rank, TP/PP/DP groups) as rank<N>.json.
 
@@ -149,7 +170,7 @@ def set_seed(seed: int) -> None:
     """Seed every generator; the model-parallel tracker gets per-TP-rank streams.
 
     Parameter initialisation does not draw from these (see
-    ``megavid.parallel.init``), so the model is the same whatever the layout.
+    ``megavid.models.initialization``), so the model is the same whatever the layout.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed

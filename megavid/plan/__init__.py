@@ -14,12 +14,16 @@ import dataclasses
 from dataclasses import dataclass
 
 from megavid.config import RunConfig
-from megavid.parallel.layout import LayoutError, resolve_layout
+from megavid.config.preflight import LayoutError, resolve_layout
+from megavid.parallel.devices import gpu_spec
 from megavid.plan.model import (
-    GB, HEADROOM, RECOMPUTE_OPTIONS, Candidate, peak_memory,
+    GB,
+    HEADROOM,
+    RECOMPUTE_OPTIONS,
+    Candidate,
+    peak_memory,
 )
 from megavid.plan.timing import step_time
-from megavid.tools.devices import gpu_spec
 
 MICRO_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 TP_SIZES = (1, 2, 4, 8)  # TP stays inside an 8-GPU NVLink node

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 
 from megavid.config import load_config
+from megavid.parallel.devices import GPU_ALIASES, gpu_spec
 from megavid.plan import GB, HEADROOM, PlanRow, candidate_from_config, plan
-from megavid.plan.model import COMM_EFFICIENCY, MATMUL_EFFICIENCY, in_flight, peak_memory
+from megavid.plan.model import (
+    COMM_EFFICIENCY,
+    MATMUL_EFFICIENCY,
+    in_flight,
+    peak_memory,
+)
 from megavid.plan.timing import DP_EXPOSED, step_time
-from megavid.tools.devices import GPU_ALIASES, gpu_spec
-from megavid.tools.tables import Column, print_table
+from megavid.tables import Column, print_table
 
 
 def _layout_name(c) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megavid.config import StageMap
+from megavid.config.presets import ModelArch, _stack_parameters, count_parameters
 from megavid.models.masking import num_visible
-from megavid.models.presets import ModelArch, _stack_parameters, count_parameters
 
 GB = 1e9
 HEADROOM = 0.85  # usable share of HBM: CUDA context, NCCL buffers, allocator fragmentation
@@ -59,10 +60,9 @@ def stack_layers(arch: ModelArch, mask_ratio: float, masking: str) -> list[Layer
 
 
 def rank_layers(layers: list, pp: int, vpp: int, rank: int) -> list[list]:
-    """Layers of each model chunk pipeline rank ``rank`` holds (chunk c*pp + rank)."""
-    per_chunk = len(layers) // (pp * vpp)
-    return [layers[(c * pp + rank) * per_chunk:(c * pp + rank + 1) * per_chunk]
-            for c in range(vpp)]
+    """Layers of each model chunk pipeline rank ``rank`` holds (the stage map's placement)."""
+    return [[layers[i] for i in chunk]
+            for chunk in StageMap(len(layers), pp, vpp).rank_layers(rank)]
 
 
 # -- memory -------------------------------------------------------------------

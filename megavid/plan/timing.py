@@ -9,12 +9,17 @@ per GPU, a reduce-scatter or all-gather (n-1)/n.
 
 from __future__ import annotations
 
-from megavid.models.presets import ModelArch
+from megavid.config.presets import ModelArch
+from megavid.models.flops import mae_forward_flops, mae_train_flops_per_clip
 from megavid.plan.model import (
-    COMM_EFFICIENCY, MATMUL_EFFICIENCY, Candidate, LayerShape, rank_layers, rank_parameters,
+    COMM_EFFICIENCY,
+    MATMUL_EFFICIENCY,
+    Candidate,
+    LayerShape,
+    rank_layers,
+    rank_parameters,
     stack_layers,
 )
-from megavid.training.flops import mae_forward_flops, mae_train_flops_per_clip
 
 DP_EXPOSED = 0.5  # share of the DP grad reduce-scatter / param all-gather not hidden by overlap
 HBM_EFFICIENCY = 0.8  # achieved / datasheet HBM bandwidth when a GEMM streams its weights

@@ -2,7 +2,7 @@
 
 Every conversion goes through one representation: a ModelConfig (which carries
 the architecture options) and a layout-free state dict of whole tensors
-(``megavid.parallel.init``). Formats map to and from it
+(``megavid.models.layout_free``). Formats map to and from it
 (``megavid.models.fourds``, ``megavid.models.hf_videomae``); a megavid checkpoint
 is written from it in any TP/PP layout by building that layout's model chunks
 and setting each rank's shards, then saving a weights-only checkpoint that
@@ -25,10 +25,21 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
 
 from megavid.config import ConfigError, ModelConfig, RunConfig, validate
-from megavid.models.fourds import FormatError
+from megavid.models.builder import build_model_chunks
+from megavid.models.fourds import FormatError, read_npz, write_npz
+from megavid.models.hf_videomae import read_hf, write_hf
+from megavid.models.initialization import initialize_chunk
+from megavid.models.layout_free import layout_free_state, load_layout_free_state
+from megavid.models.mae import DECODER_PREFIXES
 from megavid.models.posembed import INTERPOLATIONS, resize_pos_embed
+from megavid.parallel import runtime
+from megavid.training.checkpoint import load_weights, save_weights
+from megavid.training.checkpoint_dirs import CheckpointError, resolve_load_dir
+from megavid.training.common_state import read_common
 
 FORMATS_IN = ("4ds-npz", "hf-videomae", "megavid")
 FORMATS_OUT = ("megavid", "hf-videomae", "4ds-npz")
@@ -55,13 +66,7 @@ Hugging Face VideoMAE (a save_pretrained directory; nothing is downloaded):
 # -- reading -------------------------------------------------------------------------------------
 def read_megavid(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """A megavid checkpoint -> (its ModelConfig, whole tensors), in the current layout."""
-    from megatron.core import parallel_state
 
-    from megavid.models.builder import build_model_chunks
-    from megavid.parallel.init import layout_free_state
-    from megavid.training.checkpoint import load_weights
-    from megavid.training.checkpoint_dirs import resolve_load_dir
-    from megavid.training.common_state import read_common
 
     directory, _ = resolve_load_dir(path, fallback=False)
     saved = read_common(directory).get("config", {}).get("model", {})
@@ -76,11 +81,9 @@ def read_megavid(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
 
 def read(kind: str, src: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     if kind == "4ds-npz":
-        from megavid.models.fourds import read_npz
 
         return read_npz(src)
     if kind == "hf-videomae":
-        from megavid.models.hf_videomae import read_hf
 
         return read_hf(src)
     return read_megavid(src)
@@ -114,13 +117,7 @@ def _run_config(model_cfg: ModelConfig, tp: int, pp: int) -> RunConfig:
 def write_megavid(model_cfg: ModelConfig, state: dict, dst: str | Path, *, seed: int,
                   source: str) -> Path:
     """A weights-only megavid checkpoint ``dst/iter_0000000`` in the current TP/PP layout."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state
 
-    from megavid.models.builder import build_model_chunks
-    from megavid.models.mae import DECODER_PREFIXES
-    from megavid.parallel.init import initialize_chunk, load_layout_free_state
-    from megavid.training.checkpoint import save_weights
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
@@ -150,18 +147,15 @@ def write_megavid(model_cfg: ModelConfig, state: dict, dst: str | Path, *, seed:
 
 def write(kind: str, model_cfg: ModelConfig, state: dict, dst: str | Path, *, seed: int,
           source: str) -> None:
-    import torch.distributed as dist
 
     if kind == "megavid":
         write_megavid(model_cfg, state, dst, seed=seed, source=source)
         return
     if dist.get_rank() == 0:
         if kind == "4ds-npz":
-            from megavid.models.fourds import write_npz
 
             write_npz(model_cfg, state, dst)
         else:
-            from megavid.models.hf_videomae import write_hf
 
             write_hf(model_cfg, state, dst)
     dist.barrier()
@@ -233,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     world = args.tp * args.pp
     if world > 1 and args.dst_kind != "megavid":
         parser.error("--tp/--pp apply to --to megavid only")
-    from megavid.parallel import runtime
-    from megavid.training.checkpoint_dirs import CheckpointError
 
     env = runtime.read_dist_env()
     if env.world_size != world:

@@ -30,12 +30,14 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.core import CheckpointingException
-from torch.distributed.checkpoint.api import CheckpointException as DCPException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import StrictHandling
-from megatron.core.dist_checkpointing.validation import maybe_report_missing_and_unexpected_keys
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+from megatron.core.dist_checkpointing.validation import (
+    maybe_report_missing_and_unexpected_keys,
+)
 from megatron.core.utils import get_attr_wrapped_model
+from torch.distributed.checkpoint.api import CheckpointException as DCPException
 
 from megavid.config import CheckpointConfig
 from megavid.training import checkpoint_dirs as dirs

@@ -10,11 +10,10 @@ import importlib.metadata
 
 import torch
 
-import kernels
+import megavid.kernels as kernels
 from megavid.config import RunConfig
+from megavid.config.preflight import resolve_backend, transformer_engine_usable
 from megavid.data import dali
-from megavid.models.builder import resolve_backend
-from megavid.models.layer_specs import transformer_engine_available
 
 
 def _version(dist: str) -> str:
@@ -28,7 +27,7 @@ def _backend(cfg: RunConfig) -> str:
     backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8)
     if backend == "transformer_engine":
         return "transformer engine"
-    return "local" + ("" if transformer_engine_available() else " (no Transformer Engine)")
+    return "local" + ("" if transformer_engine_usable() else " (no Transformer Engine)")
 
 
 def _kernels(cfg: RunConfig) -> str:

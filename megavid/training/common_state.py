@@ -24,7 +24,8 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch.distributed.checkpoint.api import CheckpointException as DCPException
 
-from megavid.training.checkpoint_dirs import CheckpointError
+from megavid.config import ARCH_FIELDS
+from megavid.training.checkpoint_dirs import CheckpointError, resolve_load_dir
 
 COMMON_PT = "common.pt"
 COMMON_STATE_KEY = "common_state"  # the object 0.17+ stores the common state in
@@ -71,7 +72,9 @@ def _read_common_state_object(directory: Path) -> dict:
 
 
 if _TAKES_COMMON_STRATEGY:
-    from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+    from megatron.core.dist_checkpointing.strategies.common import (
+        TorchCommonLoadStrategy,
+    )
 
     class _CommonStateReader(TorchCommonLoadStrategy):
         """0.16's reader of ``common.pt``, falling back to 0.17+'s ``common_state`` object."""
@@ -125,3 +128,18 @@ def _unpickling_error(err: Exception) -> str | None:
         if isinstance(cause, pickle.UnpicklingError):
             return str(cause).splitlines()[0]
     return None
+
+
+def saved_arch(load: str | Path) -> dict:
+    """The architecture fields (ARCH_FIELDS) a checkpoint was saved with; {} if unreadable.
+
+    ``load`` is what --load takes (a save root with ``latest``, or an ``iter_*``
+    directory); ``load_config(saved_model=saved_arch)`` restores them. Errors are
+    left to the trainer's load, which names them properly.
+    """
+    try:
+        directory, _ = resolve_load_dir(load, fallback=True)
+        model = read_common(directory)["config"]["model"]
+    except Exception:  # missing, damaged or foreign: the trainer's load names the problem
+        return {}
+    return {key: model[key] for key in ARCH_FIELDS if key in model}

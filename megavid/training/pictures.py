@@ -23,10 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megavid.config.presets import ModelArch
 from megavid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from megavid.models.mae_ops import (normalize_patches, normalize_patches_per_channel, patchify,
-                                    unpatchify)
-from megavid.models.presets import ModelArch
+from megavid.kernels.reference import (
+    normalize_patches,
+    normalize_patches_per_channel,
+    patchify,
+    unpatchify,
+)
 
 EPS = 1e-6  # the loss's: normalize_patches adds it to the variance, the per-channel form to the std
 MASKED_GREY = 0.5  # what a hidden tubelet looks like in the masked-input row

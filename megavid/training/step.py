@@ -9,9 +9,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.utils import get_attr_wrapped_model
 
-import kernels
+import megavid.kernels as kernels
 from megavid.config import RunConfig
-from megavid.models.mae_ops import normalize_patches_per_channel, patchify
+from megavid.kernels.reference import normalize_patches_per_channel, patchify
 from megavid.models.masking import make_masks
 
 

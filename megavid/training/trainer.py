@@ -16,17 +16,17 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megavid.config import RunConfig, has_validation
+from megavid.config.preflight import preflight
 from megavid.data import build_train_loader
 from megavid.data.stats import DataStats
 from megavid.models.builder import build_model_chunks
+from megavid.models.flops import mae_train_flops_per_clip
+from megavid.models.initialization import initialize_chunk
 from megavid.models.masking import num_visible
 from megavid.parallel import runtime
-from megavid.parallel.init import initialize_chunk
-from megavid.parallel.layout import resolve_layout
-from megavid.tools.devices import peak_tflops
+from megavid.parallel.devices import peak_tflops
 from megavid.training.checkpoint import Checkpointer
 from megavid.training.choices import describe_choices
-from megavid.training.flops import mae_train_flops_per_clip
 from megavid.training.optim import build_optimizer, wrap_model
 from megavid.training.preemption import StopRequest, requeue_slurm_job
 from megavid.training.progress import Progress, default_log_dir
@@ -63,7 +63,7 @@ class Trainer:
         # Processes and groups: the layout is checked before any group exists.
         env = runtime.read_dist_env()
         self.cfg = cfg
-        self.layout = layout = resolve_layout(cfg, env.world_size)
+        self.layout = layout = preflight(cfg, env.world_size)
         runtime.init_distributed(cfg.parallel.distributed_timeout_minutes, env)
         runtime.init_model_parallel(tp=layout.tp, pp=layout.pp, vpp=layout.vpp,
                                     timeout_minutes=cfg.parallel.distributed_timeout_minutes)

@@ -18,9 +18,9 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megavid.config import RunConfig
+from megavid.config.preflight import Layout
 from megavid.data import VALID_SEED, build_valid_loader
 from megavid.models.masking import make_masks
-from megavid.parallel.layout import Layout
 from megavid.training.pictures import reconstruction_arrays
 from megavid.training.step import make_forward_step, reduce_loss
 

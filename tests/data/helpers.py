@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from megavid.config import DataConfig
+from megavid.config.presets import get_preset
 from megavid.data import build_train_loader
-from megavid.models.presets import get_preset
 
 ARCH = get_preset("demo")  # 8 frames of 64x64
 CLIP_FRAMES, CLIP_SIZE = 32, (80, 96)
@@ -85,8 +85,9 @@ def write_audio_only(path: Path) -> Path:
 
 def write_vfr_video(path: Path, frames, durations_ms, *, codec: str = "vp9") -> Path:
     """Variable frame rate: frame i is shown for durations_ms[i % len] ms (1 ms time base)."""
-    import av
     from fractions import Fraction
+
+    import av
 
     ms = Fraction(1, 1000)
     with av.open(str(path), "w") as out:

@@ -12,8 +12,16 @@ from megavid.data.dataset import VideoClipDataset
 from megavid.data.decode import PyAVDecoder
 from megavid.data.loader import STAT_KEYS
 from megavid.data.transforms import crop_resize
-from tests.data.helpers import (ARCH, expected_counts, make_bad_folder, make_loader, ramp_frames,
-                                take, write_rotated_video, write_vfr_video)
+from tests.data.helpers import (
+    ARCH,
+    expected_counts,
+    make_bad_folder,
+    make_loader,
+    ramp_frames,
+    take,
+    write_rotated_video,
+    write_vfr_video,
+)
 
 DECODERS = ["pyav", pytest.param("dali", marks=pytest.mark.skipif(
     not dali_available(), reason="DALI not installed (pip install nvidia-dali-cuda120)"))]

@@ -10,9 +10,16 @@ import pytest
 
 from megavid.config import ConfigError
 from megavid.data import dali
-from megavid.data.decode import DecodeError, UnsupportedCodec, build_decoder
-from tests.data.helpers import (make_loader, moving_frames, ramp_frames, take,
-                                write_rotated_video, write_video)
+from megavid.data.dali import build_decoder
+from megavid.data.decode import DecodeError, UnsupportedCodec
+from tests.data.helpers import (
+    make_loader,
+    moving_frames,
+    ramp_frames,
+    take,
+    write_rotated_video,
+    write_video,
+)
 
 needs_dali = pytest.mark.skipif(not dali.dali_available(), reason="DALI not installed "
                                 "(pip install nvidia-dali-cuda120)")

@@ -14,8 +14,15 @@ from megavid.data.decode import PyAVDecoder
 from megavid.data.media import open_media
 from megavid.data.prepare import main
 from megavid.data.sources import list_clips
-from tests.data.helpers import (make_loader, ramp_frames, take, write_audio_only,
-                                write_rotated_video, write_vfr_video, write_video)
+from tests.data.helpers import (
+    make_loader,
+    ramp_frames,
+    take,
+    write_audio_only,
+    write_rotated_video,
+    write_vfr_video,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")

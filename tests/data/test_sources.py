@@ -11,8 +11,13 @@ from megavid.config import ConfigError
 from megavid.data.dataset import clip_window
 from megavid.data.decode import VideoInfo
 from megavid.data.sources import Clip, list_clips
-from tests.data.helpers import (make_loader, ramp_frames, take, write_audio_only,
-                                write_video)
+from tests.data.helpers import (
+    make_loader,
+    ramp_frames,
+    take,
+    write_audio_only,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")

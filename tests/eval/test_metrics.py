@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megavid.eval.metrics import (box_iou, box_iou_over_time, depth_metrics, first_queries,
-                                  pose_metrics, tapvid_metrics, to_tapvid_raster)
-
+from megavid.eval.metrics import (
+    box_iou,
+    box_iou_over_time,
+    depth_metrics,
+    first_queries,
+    pose_metrics,
+    tapvid_metrics,
+    to_tapvid_raster,
+)
 
 # --------------------------------------------------------------------------- depth
 

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from megavid.eval import readout as R
-from megavid.eval.features import cached_features
+from megavid.eval.feature_cache import cached_features
 from megavid.eval.train import ReadoutConfig, batch_indices, train_readout
 from tests.conftest import free_port
 

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def single_process():
-    from megavid.models.encoder import _ensure_parallel_state
+    from megavid.inference.encoder import _ensure_parallel_state
     from megavid.parallel import runtime
 
     _ensure_parallel_state()

@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--source", action="append", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    from megavid.models import load_encoder
+    from megavid.inference import load_encoder
     from megavid.parallel import runtime
 
     runtime.init_distributed()

@@ -44,8 +44,8 @@ def test_help_shows_the_released_4ds_commands():
 
 def test_npz_to_megavid_trains_and_exports_back(tmp_path):
     """npz -> megavid (CLI) -> pretrain --load (weights only, arch from the checkpoint) -> npz."""
-    from megavid.models import load_encoder
-    from megavid.parallel.init import layout_free_state
+    from megavid.inference import load_encoder
+    from megavid.models.layout_free import layout_free_state
 
     npz = make_fourds_npz(tmp_path / "model.npz", layers=4)
     ckpt = tmp_path / "ckpt"
@@ -139,7 +139,7 @@ def test_features_cli_writes_the_encoder_features(tmp_path):
     import av
 
     from megavid.features import main as features_main
-    from megavid.models import load_encoder
+    from megavid.inference import load_encoder
 
     npz = make_fourds_npz(tmp_path / "model.npz", layers=2)
     frames = (np.random.default_rng(0).random((4, 24, 24, 3)) * 255).astype(np.uint8)

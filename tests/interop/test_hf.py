@@ -14,7 +14,12 @@ transformers = pytest.importorskip("transformers")
 
 from megavid.models.fourds import FormatError  # noqa: E402
 from megavid.models.hf_videomae import (  # noqa: E402
-    model_config_from_hf, read_hf, state_from_hf, state_to_hf, to_hf_model, write_hf,
+    model_config_from_hf,
+    read_hf,
+    state_from_hf,
+    state_to_hf,
+    to_hf_model,
+    write_hf,
 )
 from megavid.models.mae import IMAGENET_MEAN, IMAGENET_STD, qkv_bias_mask  # noqa: E402
 
@@ -40,7 +45,7 @@ def hf_model(cls="VideoMAEForPreTraining", seed=0, **overrides):
 
 def megavid_mae(model_cfg, state):
     from megavid.models.builder import build_model_chunks
-    from megavid.parallel.init import load_layout_free_state
+    from megavid.models.layout_free import load_layout_free_state
     from megavid.tools.convert import _run_config
 
     (chunk,) = build_model_chunks(_run_config(model_cfg, 1, 1))
@@ -56,7 +61,7 @@ def hf_input(video):
 
 def test_encoder_features_and_mae_loss_match_hf(single_process, tmp_path):
     from megavid.config import RunConfig
-    from megavid.models import load_encoder, source_arch
+    from megavid.inference import load_encoder, source_arch
     from megavid.training.step import make_forward_step
 
     hf = hf_model()
@@ -102,7 +107,7 @@ def test_encoder_features_and_mae_loss_match_hf(single_process, tmp_path):
 
 
 def test_videomae_model_with_mean_pooling_and_no_qv_bias(single_process, tmp_path):
-    from megavid.models import load_encoder
+    from megavid.inference import load_encoder
 
     hf = hf_model("VideoMAEModel", seed=2, use_mean_pooling=True, qv_bias=False,
                   hidden_act="gelu_pytorch_tanh")
@@ -125,7 +130,8 @@ def test_videomae_model_with_mean_pooling_and_no_qv_bias(single_process, tmp_pat
 
 def test_megavid_to_hf_to_megavid_is_bit_exact(single_process, tmp_path):
     from megavid.models.builder import build_model_chunks
-    from megavid.parallel.init import initialize_chunk, layout_free_state
+    from megavid.models.initialization import initialize_chunk
+    from megavid.models.layout_free import layout_free_state
     from megavid.tools.convert import _run_config
 
     model_cfg = model_config_from_hf(transformers.VideoMAEConfig(**SMALL).to_dict())
@@ -172,8 +178,8 @@ def test_bad_hf_weights_fail_naming_the_key():
 
 
 def test_export_refuses_a_model_hf_cannot_compute(single_process):
-    from megavid.models import load_encoder
-    from megavid.parallel.init import layout_free_state
+    from megavid.inference import load_encoder
+    from megavid.models.layout_free import layout_free_state
 
     encoder = load_encoder("tiny")  # learned position table, no pixel normalisation
     with pytest.raises(FormatError, match="model.pos_embed='learned'"):

@@ -32,7 +32,7 @@ def rank_results(out, nproc: int) -> list[dict]:
 
 @pytest.mark.slow  # three launches of gloo processes: ~40 s of CPU on 2 cores
 def test_tp2_and_pp2_give_tp1_features(single_process, tmp_path):
-    from megavid.models import load_encoder
+    from megavid.inference import load_encoder
 
     npz = str(make_fourds_npz(tmp_path / "model.npz", layers=4))
     ckpt = tmp_path / "ckpt_tp2"

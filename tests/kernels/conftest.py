@@ -23,7 +23,7 @@ def device() -> str:
     """Where the kernels run: the GPU, or the CPU through the interpreter."""
     if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
         return "cuda"
-    from kernels import interpreter_loaded
+    from megavid.kernels import interpreter_loaded
 
     if not interpreter_loaded():
         pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (megatron.core "

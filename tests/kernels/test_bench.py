@@ -1,4 +1,4 @@
-"""``python -m kernels.bench``: a quick CPU run writes a valid results file and a plot."""
+"""``python -m megavid.kernels.bench``: a quick CPU run writes a valid results file and a plot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from megavid.tools.bench_results import read_results
 
 @pytest.mark.parametrize("command", ["layernorm", "decode"])
 def test_quick_run_writes_results(command, tmp_path):
-    from kernels.bench.cli import main
+    from megavid.kernels.bench.cli import main
 
     out = tmp_path / "bench.json"
     main([command, "--quick", "--device", "cpu", "--out", str(out)])

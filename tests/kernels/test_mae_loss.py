@@ -1,4 +1,4 @@
-"""Fused MAE loss vs ``mae_ops.mae_loss``: value and gradient w.r.t. ``pred``.
+"""Fused MAE loss vs ``reference.mae_loss``: value and gradient w.r.t. ``pred``.
 
 Tolerances, relative to the largest reference value: fp32 1e-5 (loss) / 1e-5
 (grad), only summation order differs. bf16 inputs: the loss is computed in fp32
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from megavid.kernels import reference
 
-from megavid.models import mae_ops
 from tests.kernels.conftest import assert_close_rel
 
 pytest.importorskip("triton")
-from kernels import fused_mae_loss  # noqa: E402
+from megavid.kernels import fused_mae_loss  # noqa: E402
 
 TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-4, 1e-2)}  # (loss, grad)
 SHAPES = [(1, 5, 1536), (3, 37, 7 * 8 * 3), (2, 9, 100)]  # 4DS tubelet, odd N and P
@@ -51,7 +51,7 @@ def test_matches_reference(shape, dtype, norm_pix, mask_kind, device):
         return fused_mae_loss(*args, norm_pix=norm_pix, backend="triton")
 
     loss, grad = _loss_and_grad(fused, pred, patches, mask, norm_pix)
-    ref_loss, ref_grad = _loss_and_grad(mae_ops.mae_loss, pred, patches, mask, norm_pix)
+    ref_loss, ref_grad = _loss_and_grad(reference.mae_loss, pred, patches, mask, norm_pix)
     loss_tol, grad_tol = TOL[dtype]
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert_close_rel(loss, ref_loss, loss_tol)
@@ -72,7 +72,7 @@ def test_noncontiguous_inputs(device):
     patches = torch.randn(3, 11, 48, device=device)
     mask = torch.rand(3, 11, device=device) < 0.5
     loss = fused_mae_loss(pred, patches, mask, backend="triton")
-    assert_close_rel(loss, mae_ops.mae_loss(pred, patches, mask), 1e-5)
+    assert_close_rel(loss, reference.mae_loss(pred, patches, mask), 1e-5)
 
 
 def test_cpu_without_interpreter_falls_back(monkeypatch):
@@ -80,7 +80,7 @@ def test_cpu_without_interpreter_falls_back(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     pred, patches = torch.randn(2, 5, 24), torch.randn(2, 5, 24)
     mask = torch.rand(2, 5) < 0.6
-    assert torch.equal(fused_mae_loss(pred, patches, mask), mae_ops.mae_loss(pred, patches, mask))
+    assert torch.equal(fused_mae_loss(pred, patches, mask), reference.mae_loss(pred, patches, mask))
     with pytest.raises(RuntimeError, match="backend='triton'"):
         fused_mae_loss(pred, patches, mask, backend="triton")
 

@@ -1,4 +1,4 @@
-"""Patchify+gather and scatter kernels vs ``mae_ops``: outputs and gradients.
+"""Patchify+gather and scatter kernels vs ``megavid.kernels.reference``: outputs and gradients.
 
 These kernels only copy, so outputs and the gradients that are copies (video,
 visible tokens) must match exactly in fp32 and bf16. The fill vector's gradient
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from megavid.kernels import reference
 
-from megavid.models import mae_ops
 from tests.kernels.conftest import assert_close_rel
 
 pytest.importorskip("triton")
-from kernels import patchify_gather, scatter_tokens  # noqa: E402
+from megavid.kernels import patchify_gather, scatter_tokens  # noqa: E402
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 # (video shape (B, T, H, W, C), tubelet): 4DS tubelet (P=1536), P = 7*8*3, edge pixels left over.
@@ -37,7 +37,7 @@ def _num_tokens(shape, tubelet) -> int:
 def _reference(video, tubelet, ids):
     """The reference needs whole tubelets: crop the edge pixels, which get no gradient."""
     t, h, w = (d // s * s for d, s in zip(video.shape[1:4], tubelet))
-    return mae_ops.gather_tokens(mae_ops.patchify(video[:, :t, :h, :w], tubelet), ids)
+    return reference.gather_tokens(reference.patchify(video[:, :t, :h, :w], tubelet), ids)
 
 
 @DTYPES
@@ -69,7 +69,7 @@ def test_patchify_all_tokens_and_strided_video(device):
     video = torch.randn(2, 3, 4, 16, 24, device=device).permute(0, 2, 3, 4, 1)  # (B, T, H, W, C)
     assert not video.is_contiguous()
     out = patchify_gather(video, (2, 8, 8), backend="triton")
-    assert torch.equal(out, mae_ops.patchify(video, (2, 8, 8)))
+    assert torch.equal(out, reference.patchify(video, (2, 8, 8)))
 
 
 @DTYPES
@@ -85,7 +85,7 @@ def test_scatter_tokens_matches_reference(b, n, k, d, dtype, device):
     out_grad = torch.randn(b, n, d).to(device, dtype)
     results = []
     for fn in (lambda v, f: scatter_tokens(v, ids, f, n, backend="triton"),
-               lambda v, f: mae_ops.scatter_tokens(v, ids, f, n)):
+               lambda v, f: reference.scatter_tokens(v, ids, f, n)):
         v, f = visible.clone().requires_grad_(), fill.clone().requires_grad_()
         out = fn(v, f)
         out.backward(out_grad)
@@ -100,9 +100,9 @@ def test_scatter_tokens_matches_reference(b, n, k, d, dtype, device):
 def test_cpu_without_interpreter_falls_back(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     video, ids = torch.randn(1, 2, 8, 8, 3), torch.tensor([[3, 0]])
-    ref = mae_ops.gather_tokens(mae_ops.patchify(video, (2, 4, 4)), ids)
+    ref = reference.gather_tokens(reference.patchify(video, (2, 4, 4)), ids)
     assert torch.equal(patchify_gather(video, (2, 4, 4), ids), ref)
     vis, fill = torch.randn(1, 2, 5), torch.randn(5)
-    assert torch.equal(scatter_tokens(vis, ids, fill, 4), mae_ops.scatter_tokens(vis, ids, fill, 4))
+    assert torch.equal(scatter_tokens(vis, ids, fill, 4), reference.scatter_tokens(vis, ids, fill, 4))
     with pytest.raises(RuntimeError, match="backend='triton'"):
         scatter_tokens(vis, ids, fill, 4, backend="triton")

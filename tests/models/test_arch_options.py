@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from megavid.config import ConfigError, ModelConfig, RunConfig, load_config
+from megavid.config.presets import count_parameters
 from megavid.models.posembed import resize_pos_embed, sincos_table
-from megavid.models.presets import count_parameters
 
 
 @pytest.fixture(scope="module")
 def build():
     """Build tiny MAE chunks (TP=PP=1) with given ModelConfig fields, seeded."""
+    from megavid.inference.encoder import _ensure_parallel_state
     from megavid.models.builder import build_model_chunks
-    from megavid.models.encoder import _ensure_parallel_state
+    from megavid.models.initialization import initialize_chunk
     from megavid.parallel import runtime
-    from megavid.parallel.init import initialize_chunk
 
     _ensure_parallel_state()
 
@@ -122,7 +122,7 @@ def test_pos_embed_resize(method):
 
 
 def test_load_encoder_at_another_clip_size(build):
-    from megavid.models import load_encoder
+    from megavid.inference import load_encoder
 
     encoder = load_encoder("tiny", num_frames=16, image_size=96)
     assert encoder.arch.grid == (8, 6, 6) and encoder.chunk.pos_embed.shape == (8 * 6 * 6, 64)

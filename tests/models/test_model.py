@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from megavid.models.mae_ops import (
-    gather_tokens, mae_loss, normalize_patches, patchify, scatter_tokens, unpatchify,
+from megavid.kernels.reference import (
+    gather_tokens,
+    mae_loss,
+    normalize_patches,
+    patchify,
+    scatter_tokens,
+    unpatchify,
 )
+
+from megavid.config.presets import count_parameters, get_preset
 from megavid.models.masking import make_masks, num_visible
-from megavid.models.presets import count_parameters, get_preset
 
 
 @pytest.fixture(scope="module")
 def single_process_model():
     """Build the tiny model through megatron-core in a one-rank gloo group."""
+    import os
+
     from megavid.config import load_config
     from megavid.models.builder import build_model_chunks
+    from megavid.models.initialization import initialize_chunk
     from megavid.parallel import runtime
-    from megavid.parallel.init import initialize_chunk
     from tests.conftest import free_port
-    import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     runtime.init_distributed()

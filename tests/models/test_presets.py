@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from megavid.models.presets import PRESETS, count_parameters, get_preset
+from megavid.config.presets import PRESETS, count_parameters, get_preset
 from tests.conftest import REPO, subprocess_env
 
 

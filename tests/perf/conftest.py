@@ -27,9 +27,9 @@ def build_chunk(one_rank):
     """build(preset, mask_ratio) -> (cfg, arch, chunk, video_and_masks(batch))."""
     from megavid.config import load_config
     from megavid.models.builder import build_model_chunks
+    from megavid.models.initialization import initialize_chunk
     from megavid.models.masking import make_masks
     from megavid.parallel import runtime
-    from megavid.parallel.init import initialize_chunk
 
     def build(preset: str, mask_ratio: float = 0.75, **overrides):
         runtime.set_seed(3)

@@ -26,10 +26,10 @@ from megavid.parallel import runtime
 runtime.init_distributed(); runtime.init_model_parallel(tp=1, pp=1, vpp=None)
 from megavid.config import load_config
 from megavid.models.builder import build_model_chunks
-import kernels
-from megavid.models.mae_ops import patchify
+import megavid.kernels as kernels
+from megavid.kernels.reference import patchify
 from megavid.models.masking import make_masks
-from megavid.parallel.init import initialize_chunk
+from megavid.models.initialization import initialize_chunk
 from megavid.plan import candidate_from_config
 from megavid.plan.model import peak_memory
 from megavid.training.optim import build_optimizer, wrap_model

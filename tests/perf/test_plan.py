@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 
 from megavid.config import load_config
-from megavid.plan import GB, estimate_memory_per_gpu, enumerate_layouts, plan
+from megavid.config.presets import count_parameters, get_preset
+from megavid.plan import GB, enumerate_layouts, estimate_memory_per_gpu, plan
 from megavid.plan.__main__ import main
 from megavid.plan.model import (
-    Candidate, LayerShape, in_flight, layer_activation_bytes, peak_memory,
+    Candidate,
+    LayerShape,
+    in_flight,
+    layer_activation_bytes,
+    peak_memory,
 )
-from megavid.models.presets import count_parameters, get_preset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from megavid.tools.tables import Column, markdown_table, print_table
+from megavid.tables import Column, markdown_table, print_table
 from tests.conftest import REPO, subprocess_env
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from megavid.cli import DEMO_CONFIG, parse_args
 from megavid.config import load_config
-from megavid.parallel.layout import resolve_layout
+from megavid.config.preflight import resolve_layout
 from tests.conftest import REPO, subprocess_env
 
 

@@ -71,7 +71,7 @@ def test_weights_only_checkpoint_loads_either_way(tmp_path):
     npz = make_fourds_npz(tmp_path / "model.npz", layers=2)
     video = torch.rand(1, 4, 24, 24, 3, generator=torch.Generator().manual_seed(0))
     torch.save(video, tmp_path / "video.pt")
-    script = ("import sys, torch; from megavid.models import load_encoder; "
+    script = ("import sys, torch; from megavid.inference import load_encoder; "
               "v = torch.load(sys.argv[2]); "
               "torch.save(load_encoder(sys.argv[1]).features(v, depth=1.0), sys.argv[3])")
     features = {}

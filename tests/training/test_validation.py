@@ -17,11 +17,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from megavid.kernels.reference import (
+    mae_loss,
+    normalize_patches,
+    normalize_patches_per_channel,
+    patchify,
+)
 
-from megavid.models.mae_ops import (mae_loss, normalize_patches, normalize_patches_per_channel,
-                                    patchify)
+from megavid.config.presets import get_preset
 from megavid.models.masking import make_masks
-from megavid.models.presets import get_preset
 from megavid.training.pictures import reconstruction_arrays
 from tests.conftest import REPO, run_pretrain, subprocess_env
 

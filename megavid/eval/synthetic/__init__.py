@@ -30,8 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from megavid.eval import readers
-from megavid.eval.synthetic.labels import (modal_boxes, sample_queries, track_labels,
-                                           world_tracks)
+from megavid.eval.synthetic.labels import (
+    modal_boxes,
+    sample_queries,
+    track_labels,
+    world_tracks,
+)
 from megavid.eval.synthetic.render import mitsuba, render_frames
 from megavid.eval.synthetic.scene import sample_scene
 

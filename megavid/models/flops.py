@@ -28,8 +28,11 @@ Not counted by either: LayerNorm, softmax, GELU, residual adds, the loss
 
 from __future__ import annotations
 
+import torch
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+from megavid.config.presets import ModelArch
 from megavid.models.masking import num_visible
-from megavid.models.presets import ModelArch
 
 
 def transformer_layer_flops(tokens: int, width: int, ffn: int) -> int:
@@ -59,8 +62,6 @@ def mae_forward_flops(arch: ModelArch, *, mask_ratio: float, masking: str = "ran
 
 def cpu_sdpa_flop_mapping() -> dict:
     """``custom_mapping`` for FlopCounterMode: CPU SDPA counted with torch's SDPA formulas."""
-    import torch
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
     def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query, key, value)

@@ -83,7 +83,7 @@ def peak_tflops(precision: str) -> tuple[float, str]:
         name = torch.cuda.get_device_name()
         key = _match_gpu(name)
         if key is None:
-            return float("nan"), f"{name} (not in megavid.tools.devices.GPU_PEAKS)"
+            return float("nan"), f"{name} (not in megavid.parallel.devices.GPU_PEAKS)"
         prec = "fp8" if precision == "fp8" else ("fp32" if precision == "fp32" else "bf16")
         return GPU_PEAKS[key][prec] or float("nan"), f"{key} datasheet {prec}"
     return measured_cpu_tflops(), "CPU fp32 matmul, measured"

@@ -105,6 +105,16 @@ def preset_for(arch: ModelArch) -> tuple[str, dict]:
     return name, changes
 
 
+def num_visible(grid: tuple[int, int, int], mask_ratio: float, masking: str) -> int:
+    """Visible tokens per sample (VideoMAE's rounding: int(ratio * n) are masked)."""
+    gt, gh, gw = grid
+    if masking == "tube":
+        per_frame = gh * gw
+        return gt * (per_frame - int(mask_ratio * per_frame))
+    n = gt * gh * gw
+    return n - int(mask_ratio * n)
+
+
 def _stack_parameters(width: int, depth: int, ffn: int) -> int:
     # Per block: qkv + out projections with biases, two MLP linears with biases,
     # two LayerNorms with scale and bias.

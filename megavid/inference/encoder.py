@@ -1,6 +1,6 @@
 """The feature API: a pretrained (or preset) encoder and its features at any depth.
 
-    from megavid.models import load_encoder
+    from megavid.inference import load_encoder
     encoder = load_encoder("4ds_b.npz")            # or a preset, a megavid checkpoint, an HF dir
     grid = encoder.features(video, depth=0.95)     # (B, T', H', W', D)
 
@@ -26,13 +26,18 @@ import dataclasses
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megavid.config import ModelConfig, RunConfig, validate
+from megavid.config import ModelArch, ModelConfig, RunConfig, StageMap, validate
+from megavid.inference.sources import read_source
+from megavid.models.builder import build_encoder_chunk
+from megavid.models.initialization import initialize_chunk
+from megavid.models.layout_free import load_layout_free_state
 from megavid.models.mae import VideoMAEChunk
 from megavid.models.posembed import INTERPOLATIONS, resize_pos_embed, sincos_table
-from megavid.models.presets import PRESETS, ModelArch
+from megavid.parallel import runtime
+from megavid.parallel.relay import relay_forward
+from megavid.training.checkpoint import load_weights
 
 
 class Encoder:
@@ -87,91 +92,19 @@ class Encoder:
         """Apply the first ``blocks`` blocks across the pipeline; every rank gets the result."""
         chunk = self.chunk
         pp = parallel_state.get_pipeline_model_parallel_world_size()
-        stage = parallel_state.get_pipeline_model_parallel_rank()
-        per_stage = self.num_layers // pp
-        owner = (blocks - 1) // per_stage if blocks else 0  # the stage applying the last block
-        if 0 < stage <= owner:
-            hidden = torch.empty(shape, dtype=dtype, device=device)
-            dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
-        if stage <= owner:
+        owner = StageMap(self.num_layers, pp).owner(blocks - 1)[0] if blocks else 0
+
+        def run_stage(hidden):
             for i, layer in enumerate(chunk.encoder.layers):
                 if chunk.first_encoder_layer + i < blocks:
                     hidden, _ = layer(hidden, attention_mask=None)
-            if stage < owner:
-                dist.send(hidden.contiguous(),
-                          dst=parallel_state.get_pipeline_model_parallel_next_rank())
-        if pp == 1:
             return hidden
-        group = parallel_state.get_pipeline_model_parallel_group()
-        hidden = hidden.contiguous() if stage == owner else torch.empty(shape, dtype=dtype,
-                                                                         device=device)
-        dist.broadcast(hidden, src=dist.get_global_rank(group, owner), group=group)
-        return hidden
+
+        return relay_forward(hidden, run_stage, last_stage=owner, shape=shape, dtype=dtype,
+                             device=device)
 
 
 # -- loading -------------------------------------------------------------------------------------
-def _ensure_parallel_state() -> None:
-    """A one-process gloo group and TP=PP=1 when the caller has set up nothing."""
-    from megavid.parallel import runtime
-
-    if not parallel_state.model_parallel_is_initialized():
-        env = runtime.read_dist_env()
-        if dist.is_initialized() and dist.get_world_size() > 1 or env.world_size > 1:
-            raise RuntimeError(
-                "load_encoder in a multi-process job: initialise the layout first, e.g. "
-                "megavid.parallel.runtime.init_distributed(); "
-                "runtime.init_model_parallel(tp=2, pp=1, vpp=None)")
-        runtime.init_distributed(env=env)
-        runtime.init_model_parallel(tp=1, pp=1, vpp=None)
-    from megatron.core import tensor_parallel
-
-    tracker = tensor_parallel.get_cuda_rng_tracker()
-    if not tracker.get_states():  # megatron's TP init forks this tracker; keep the caller's RNG
-        state = torch.get_rng_state()
-        tensor_parallel.model_parallel_cuda_manual_seed(0)
-        torch.set_rng_state(state)
-
-
-def _read_source(source, *, weights: bool = True) -> tuple[ModelConfig, dict | None, Path | None]:
-    """(model config, whole weights or None, megavid checkpoint dir or None) of ``source``;
-    ``weights=False`` reads the configuration only."""
-    if isinstance(source, str) and source.lower() in PRESETS:
-        return ModelConfig(preset=source.lower()), None, None
-    path = Path(source)
-    if path.is_file() and path.suffix == ".npz":
-        from megavid.models import fourds
-
-        return (*fourds.read_npz(path, weights=weights), None)
-    if path.is_dir() and (path / "config.json").is_file():
-        from megavid.models import hf_videomae
-
-        return (*hf_videomae.read_hf(path, weights=weights), None)
-    if path.is_dir():
-        from megavid.config import saved_arch
-        from megavid.training.checkpoint_dirs import resolve_load_dir
-
-        directory, _ = resolve_load_dir(path, fallback=False)
-        arch = saved_arch(directory)
-        if not arch:
-            raise ValueError(f"{directory}: no model config in its common state")
-        return ModelConfig(**arch), None, directory
-    raise FileNotFoundError(
-        f"load_encoder: {source!r} is not a preset ({', '.join(PRESETS)}), a 4DS .npz file, a "
-        "Hugging Face VideoMAE directory (config.json) or a megavid checkpoint directory")
-
-
-def source_arch(source: str | Path, *, num_frames: int | None = None,
-                image_size: int | None = None) -> ModelArch:
-    """The architecture ``load_encoder(source, ...)`` builds, read without the weights.
-
-    An evaluation whose features are cached needs the clip shape, not the model: for
-    4DS-j that is the difference between reading a few headers and 88 GB.
-    """
-    arch = _read_source(source, weights=False)[0].resolved_arch()
-    return arch.replace(num_frames=num_frames or arch.num_frames,
-                        image_size=image_size or arch.image_size)
-
-
 def resize_chunk(chunk: VideoMAEChunk, arch: ModelArch, method: str) -> None:
     """Move ``chunk`` (encoder only) to another clip size: its position table follows."""
     old = chunk.arch
@@ -199,13 +132,10 @@ def load_encoder(source: str | Path, *, device: str | torch.device = "cpu",
     ``megavid.models.posembed``). seed: weights of a preset. model: ModelConfig
     fields for a preset (e.g. ``{"gelu": "tanh"}``).
     """
-    from megavid.models.builder import build_encoder_chunk
-    from megavid.parallel.init import initialize_chunk, load_layout_free_state
-
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation {interpolation!r} is not one of {INTERPOLATIONS}")
-    _ensure_parallel_state()
-    model_cfg, weights, checkpoint = _read_source(source)
+    runtime.ensure_model_parallel("load_encoder")
+    model_cfg, weights, checkpoint = read_source(source)
     if model:
         if checkpoint is not None or weights is not None:
             raise ValueError("load_encoder(model=...) applies to presets only; a checkpoint "
@@ -216,8 +146,6 @@ def load_encoder(source: str | Path, *, device: str | torch.device = "cpu",
     if weights is not None:
         load_layout_free_state(chunk, weights)
     elif checkpoint is not None:
-        from megavid.training.checkpoint import load_weights
-
         load_weights([chunk], checkpoint)
     else:
         initialize_chunk(chunk, seed=seed, std=model_cfg.init_std)
