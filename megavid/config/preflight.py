@@ -84,9 +84,8 @@ def check_world_split(world_size: int, tp: int, pp: int) -> int:
         raise LayoutError("--tp and --pp must be >= 1")
     if world_size % (tp * pp):
         raise LayoutError(
-            f"world size {world_size} is not divisible by --tp {tp} x --pp {pp} = {tp * pp} "
-            f"(--tp {tp} x --pp {pp} does not divide the {world_size} processes); change "
-            "--tp/--pp or launch a multiple of tp * pp processes"
+            f"world size {world_size} is not divisible by --tp {tp} x --pp {pp} = {tp * pp}; "
+            "change --tp/--pp or the number of processes"
         )
     return world_size // (tp * pp)
 

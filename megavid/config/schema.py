@@ -149,13 +149,15 @@ class ParallelConfig:
 
     def check(self) -> None:
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
-            raise ConfigError("--sp needs --tp > 1 (sequence parallelism shards along the TP group)")
+            raise ConfigError("--sp needs --tp > 1 (sequence parallelism shards along the TP "
+                              "group)")
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None:
             if vpp < 1:
                 raise ConfigError("--vpp must be >= 1")
             if self.pipeline_model_parallel_size < 2 and vpp > 1:
-                raise ConfigError("--vpp > 1 needs --pp > 1 (interleaving splits each pipeline rank)")
+                raise ConfigError("--vpp > 1 needs --pp > 1 (interleaving splits each pipeline "
+                                  "rank)")
 
 
 @dataclass

@@ -129,6 +129,7 @@ def split_clips(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[Cl
 
 def _clips(cfg: DataConfig, arch: ModelArch, *, valid: bool) -> list[Clip]:
     """The training (or validation) clips of ``cfg``, the demo's when it names none."""
+    cfg.check()  # the section's own rules: a loader can be built without load_config
     if valid and cfg.valid_path is not None:
         return list_clips(cfg.valid_path)
     if cfg.path is not None:

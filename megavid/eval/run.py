@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megavid.config.preflight import check_model_split, check_world_split
+from megavid.config.preflight import LayoutError, check_model_split, check_world_split
 from megavid.eval import plots
 from megavid.eval.datasets import load_dataset
 from megavid.eval.feature_cache import cached_features
@@ -93,7 +93,11 @@ def start_runtime(cfg: EvalConfig, arch) -> None:
     is split; the readout, small, trains data parallel over every rank). The layout is
     checked first, before any group exists."""
     world = dist.get_world_size() if dist.is_initialized() else runtime.read_dist_env().world_size
-    check_world_split(world, cfg.tp, cfg.pp)
+    try:
+        check_world_split(world, cfg.tp, cfg.pp)
+    except LayoutError:  # the same rule, in the words of a job that only reads features
+        raise LayoutError(f"--tp {cfg.tp} x --pp {cfg.pp} does not divide the {world} "
+                          "processes; launch a multiple of tp * pp processes") from None
     check_model_split(arch, cfg.tp, cfg.pp, decoder=False)
     runtime.init_distributed()
     if not parallel_state.model_parallel_is_initialized() or (

@@ -7,9 +7,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def single_process():
-    from megavid.inference.encoder import _ensure_parallel_state
     from megavid.parallel import runtime
 
-    _ensure_parallel_state()
+    runtime.ensure_model_parallel("tests")
     yield
     runtime.shutdown()

@@ -156,7 +156,8 @@ def test_load_restores_the_checkpoint_architecture_and_flags_win(single_process,
 
     convert("4ds-npz", "megavid", npz, tmp_path / "ckpt",
             decoder={"decoder_hidden_size": 16, "decoder_num_attention_heads": 2})
-    cfg = load_config(overrides={"checkpoint.load": str(tmp_path / "ckpt")}, saved_model=saved_arch)  # demo config
+    cfg = load_config(overrides={"checkpoint.load": str(tmp_path / "ckpt")},  # demo config
+                      saved_model=saved_arch)
     assert (cfg.model.gelu, cfg.model.resolved_arch().hidden_size,
             cfg.model.resolved_arch().decoder_hidden_size) == ("tanh", 32, 16)
     cfg = load_config(overrides={"checkpoint.load": str(tmp_path / "ckpt"), "model.gelu": "exact"},

@@ -15,12 +15,11 @@ from megavid.models.posembed import resize_pos_embed, sincos_table
 @pytest.fixture(scope="module")
 def build():
     """Build tiny MAE chunks (TP=PP=1) with given ModelConfig fields, seeded."""
-    from megavid.inference.encoder import _ensure_parallel_state
     from megavid.models.builder import build_model_chunks
     from megavid.models.initialization import initialize_chunk
     from megavid.parallel import runtime
 
-    _ensure_parallel_state()
+    runtime.ensure_model_parallel("tests")
 
     def make(**fields):
         cfg = RunConfig(model=ModelConfig(preset="tiny", transformer_impl="local", **fields))
