@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any, ClassVar, Optional, get_args, get_origin, get_type_hints
 
 from megavid.config.presets import ModelArch, get_preset, num_visible
@@ -117,18 +118,29 @@ class ModelConfig:
             raise ConfigError("model.pixel_norm=imagenet needs RGB input (model.arch.channels=3)")
 
     def resolved_arch(self) -> ModelArch:
+        """The preset with ``arch``'s overrides (frozen; resolved once per distinct pair)."""
+        changes = tuple(sorted((k, tuple(v) if k == "tubelet" else v)
+                               for k, v in self.arch.items()))
         try:
-            arch = get_preset(self.preset)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        unknown = set(self.arch) - {f.name for f in fields(ModelArch)}
-        if unknown:
-            raise ConfigError(
-                f"model.arch: unknown field(s) {sorted(unknown)}; "
-                f"valid: {[f.name for f in fields(ModelArch)]}"
-            )
-        changes = {k: tuple(v) if k == "tubelet" else v for k, v in self.arch.items()}
-        return arch.replace(**changes)
+            return _resolve_arch(self.preset, changes)
+        except TypeError:  # unhashable: a list or mapping where ModelArch takes a number
+            raise ConfigError(f"model.arch: {dict(self.arch)} must map fields to numbers "
+                              "(tubelet: a list of three)") from None
+
+
+@lru_cache(maxsize=64)
+def _resolve_arch(preset: str, changes: tuple) -> ModelArch:
+    try:
+        arch = get_preset(preset)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    unknown = {k for k, _ in changes} - {f.name for f in fields(ModelArch)}
+    if unknown:
+        raise ConfigError(
+            f"model.arch: unknown field(s) {sorted(unknown)}; "
+            f"valid: {[f.name for f in fields(ModelArch)]}"
+        )
+    return arch.replace(**dict(changes))
 
 
 # The ModelConfig fields that define the function the model computes (its shape and ops),
