@@ -19,7 +19,7 @@ from megavid.config.preflight import micro_batches_per_step
 def micro_batch_positions(micro_batch: int, *, global_batch_size: int, micro_batch_size: int,
                           dp_rank: int, dp_size: int) -> range:
     """Global positions of this rank's ``micro_batch``-th micro-batch (counted from step 0)."""
-    per_step = micro_batches_per_step(global_batch_size, micro_batch_size, dp_size)
+    per_step = global_batch_size // (micro_batch_size * dp_size)  # a layout the pre-flight passed
     step, k = divmod(micro_batch, per_step)
     per_rank = global_batch_size // dp_size
     start = step * global_batch_size + dp_rank * per_rank + k * micro_batch_size
