@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from megavid.data.clip import read_clip
 from megavid.inference import load_encoder
+from megavid.parallel import cpu_compat
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=int, default=1, help="take every k-th frame")
     parser.add_argument("--num-frames", type=int, help="clip length (default: the model's)")
     parser.add_argument("--image-size", type=int, help="resolution (default: the model's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(cpu_compat.local_device()))
     return parser
 
 
