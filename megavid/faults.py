@@ -2,21 +2,23 @@
 
     MEGAVID_FAULT_INJECT=hang:1:2,kill_before_commit:4,nan:2
 
-| fault | what happens | who asks |
-|---|---|---|
-| ``hang:<rank>:<step>`` | that rank stops answering as that step starts | the trainer, ``hang_here`` |
-| ``kill_before_commit:<step>`` | SIGKILL after that step's checkpoint is written, before it is committed | the checkpointer, ``crash_point`` |
-| ``nan:<step>`` | that step's training loss is NaN, and so are its gradients | the loss, ``nan_now`` |
+- ``hang:<rank>:<step>``: that rank stops answering as that step starts (the trainer
+  asks ``hang_here``);
+- ``kill_before_commit:<step>``: SIGKILL after that step's checkpoint is written, before
+  it is committed (the checkpointer asks ``crash_point``);
+- ``nan:<step>``: that step's training loss is NaN, and so are its gradients (the loss
+  asks ``nan_now``).
 
 Each fault names an optimizer step (1 = the first). The NaN enters the loss itself,
 so the whole non-finite path runs (backward, the finite check, the skipped update);
-``train.inject_nan_steps`` adds ``nan`` faults from the config (``add_nan_steps``).
+``train.inject_nan_steps`` adds ``nan`` faults from the config (``set_config_nan_steps``).
 The loss cannot be told the step by its caller (megatron-core's schedules call it),
 so the trainer runs each step's forward and backward inside ``training_step(step)``
 and ``nan_now()`` reads that; validation's losses, outside it, are never poisoned.
 
 It imports nothing from megavid, so every layer can use it. A malformed spec is a
-one-line ``FaultSpecError`` the first time any function here runs.
+one-line ``FaultSpecError`` the first time any function here runs (the trainer's
+start: ``set_config_nan_steps``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def parse(spec: str) -> set[tuple]:
 
 
 _faults: set[tuple] | None = None
+_config_nan: frozenset[int] = frozenset()  # ``set_config_nan_steps``
 _step: int | None = None  # the training step running now (``training_step``)
 
 
@@ -60,9 +63,12 @@ def active() -> set[tuple]:
     return _faults
 
 
-def add_nan_steps(steps) -> None:
-    """``nan:<step>`` for each of ``steps`` (the config's ``train.inject_nan_steps``)."""
-    active().update(("nan", int(step)) for step in steps)
+def set_config_nan_steps(steps) -> None:
+    """``nan:<step>`` for each of ``steps`` besides the environment's: the config's
+    ``train.inject_nan_steps`` (a new trainer's replace an earlier one's)."""
+    global _config_nan
+    active()  # a malformed environment spec fails here, at the trainer's start
+    _config_nan = frozenset(int(step) for step in steps)
 
 
 def hang_here(rank: int, step: int) -> None:
@@ -81,7 +87,7 @@ def crash_point(name: str, step: int) -> None:
 
 def nan_at(step: int) -> bool:
     """Whether ``nan:<step>`` is injected."""
-    return ("nan", step) in active()
+    return ("nan", step) in active() or step in _config_nan
 
 
 @contextlib.contextmanager

@@ -28,5 +28,8 @@ def test_nan_only_inside_the_training_step_it_names(monkeypatch):
     with faults.training_step(3):
         assert faults.nan_now()
     assert not faults.nan_now()
-    faults.add_nan_steps([5])
+    monkeypatch.setattr(faults, "_config_nan", frozenset())
+    faults.set_config_nan_steps([5])  # train.inject_nan_steps
     assert faults.nan_at(5) and faults.nan_at(3)
+    faults.set_config_nan_steps([])  # the next trainer's config
+    assert not faults.nan_at(5)

@@ -51,7 +51,8 @@ def _is_collective_failure(err: BaseException) -> bool:
 
 class Trainer:
     def __init__(self, cfg: RunConfig):
-        # Processes and groups: the layout is checked before any group exists.
+        # Processes and groups: the layout (and a fault spec) is checked before any group exists.
+        faults.set_config_nan_steps(cfg.train.inject_nan_steps)  # the config's alias of nan:<step>
         env = runtime.read_dist_env()
         self.cfg = cfg
         self.layout = layout = resolve_layout(cfg, env.world_size)
@@ -100,7 +101,6 @@ class Trainer:
         # A copy of the micro-batch stream per model chunk (interleaved pipelining).
         iterators = itertools.tee(iter(self.loader), layout.vpp)
         self.data_iterator = list(iterators) if layout.vpp > 1 else iterators[0]
-        faults.add_nan_steps(cfg.train.inject_nan_steps)  # the config's alias of nan:<step>
         self.forward_step = make_forward_step(cfg)
         self._flops_per_clip = mae_train_flops_per_clip(
             self.arch, mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
