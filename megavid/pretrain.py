@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from megavid import faults
 from megavid.cli import parse_args
 from megavid.config import ConfigError
 from megavid.parallel import runtime
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         trainer = Trainer(cfg)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, faults.FaultSpecError) as err:
         print(f"megavid: error: {err}", file=sys.stderr)
         runtime.shutdown()
         return 2

@@ -192,7 +192,7 @@ class TrainConfig:
     recompute: Optional[str] = None  # None | full | selective
     max_consecutive_skips: int = 5  # stop after this many non-finite steps in a row
     loss_spike_factor: float = 3.0  # log a spike when loss > factor x its running mean
-    inject_nan_steps: list = field(default_factory=list)  # fault injection: NaN loss at these steps
+    inject_nan_steps: list = field(default_factory=list)  # NaN loss at these steps (megavid.faults)
     # validation loss every eval_interval steps and after the last one, over eval_iters global
     # batches of the validation clips (Megatron-LM's flags and defaults); it runs only when
     # there are validation clips (data.valid_path or data.valid_fraction). eval_interval 0:

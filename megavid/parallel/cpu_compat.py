@@ -27,6 +27,7 @@ import contextlib
 import os
 
 import torch
+import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 _installed = False
@@ -163,3 +164,9 @@ def local_device() -> torch.device:
 def pin_memory() -> bool:
     """Whether host batches should be page-locked: only when they go to a GPU."""
     return torch.cuda.is_available()
+
+
+def collective_device(group=None) -> torch.device:
+    """Where a tensor for a collective over ``group`` must live: NCCL reduces on the GPU,
+    gloo on the CPU (whether or not this machine has CUDA)."""
+    return local_device() if dist.get_backend(group) == "nccl" else torch.device("cpu")

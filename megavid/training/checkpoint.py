@@ -21,8 +21,6 @@ verification, pruning) lives in ``checkpoint_dirs``.
 from __future__ import annotations
 
 import inspect
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from megatron.core.dist_checkpointing.validation import (
 from megatron.core.utils import get_attr_wrapped_model
 from torch.distributed.checkpoint.api import CheckpointException as DCPException
 
+from megavid import faults
 from megavid.config import CheckpointConfig
 from megavid.training import checkpoint_dirs as dirs
 from megavid.training.common_state import (
@@ -173,13 +172,6 @@ def _sharded_state(model, optimizer, *, is_loading: bool, with_rng: bool) -> dic
     return state
 
 
-def _maybe_inject_crash(step: int) -> None:
-    """Fault injection for tests: MEGAVID_FAULT_INJECT=kill_before_commit:<step> dies
-    between the shards being written and the checkpoint being committed."""
-    if os.environ.get("MEGAVID_FAULT_INJECT") == f"kill_before_commit:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def load_weights(model, directory: Path) -> None:
     """Model tensors only, into this rank's chunks (any layout); optimizer state is not read.
 
@@ -272,7 +264,7 @@ class Checkpointer:
                                           **self._async_kwargs)
         if self.async_queue is None:
             dist.barrier()  # every rank's shards are on disk
-            _maybe_inject_crash(step)
+            faults.crash_point("before_commit", step)  # tests: kill_before_commit:<step>
             self._commit(root, step)
         else:
             request.add_finalize_fn(lambda: self._commit(root, step))

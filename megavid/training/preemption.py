@@ -1,8 +1,10 @@
 """Stop cleanly when the cluster asks: SIGTERM, SLURM's SIGUSR1, or a wall-clock budget.
 
 A signal only raises a flag in the process that got it; once per step all ranks
-agree (one MAX all-reduce of two flags) so every rank finishes the same step,
-saves the same checkpoint and exits together.
+agree, so every rank finishes the same step, saves the same checkpoint and exits
+together. The flags travel in the trainer's one per-step all-reduce
+(``megavid.training.agreement``): ``flags()`` is this rank's vote, ``agree()`` reads
+the votes summed over all ranks.
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ import os
 import signal
 import subprocess
 import time
-
-import torch
-import torch.distributed as dist
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -24,24 +23,31 @@ class StopRequest:
         self.budget_s = None if exit_duration_in_mins is None else 60.0 * exit_duration_in_mins
         self.received: int | None = None
         self.reason: str | None = None
+        self.agreed = False  # set by ``agree``: every rank stops after this step
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def agreed(self) -> bool:
-        """True on every rank when any rank got a signal or ran out of time."""
+    def flags(self) -> list[int]:
+        """This rank's vote: 1 per stop signal it got (in ``STOP_SIGNALS`` order), then 1 if
+        it ran out of time; 0s otherwise."""
         over_time = self.budget_s is not None and time.monotonic() - self.start > self.budget_s
-        flags = torch.tensor([self.received or 0, int(over_time)], dtype=torch.int64).cuda()
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        signum, over = int(flags[0]), bool(flags[1])
-        if signum:
-            self.received = signum
-            self.reason = f"received {signal.Signals(signum).name}"
-        elif over:
+        return [int(self.received == sig) for sig in STOP_SIGNALS] + [int(over_time)]
+
+    def agree(self, summed) -> bool:
+        """True on every rank when any rank got a signal or ran out of time; ``summed``: every
+        rank's ``flags()`` added up. With several signals the largest number wins (SIGTERM)."""
+        *got, over = summed
+        signums = [sig for sig, n in zip(STOP_SIGNALS, got) if n > 0]
+        if signums:
+            self.received = max(signums)
+            self.reason = f"received {signal.Signals(self.received).name}"
+        elif over > 0:
             self.reason = f"--exit-duration-in-mins {self.budget_s / 60:g} reached"
-        return bool(signum or over)
+        self.agreed = bool(signums or over > 0)
+        return self.agreed
 
     def restore(self) -> None:
         for sig in STOP_SIGNALS:

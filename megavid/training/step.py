@@ -10,15 +10,16 @@ from megatron.core import parallel_state
 from megatron.core.utils import get_attr_wrapped_model
 
 import megavid.kernels as kernels
+from megavid import faults
 from megavid.config import RunConfig
 from megavid.kernels.reference import normalize_patches_per_channel, patchify
 from megavid.models.masking import make_masks
 
 
 def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, backend: str,
-               poison: bool, keep_pred: bool, pred: torch.Tensor):
+               keep_pred: bool, pred: torch.Tensor):
     loss = kernels.fused_mae_loss(pred, patches, mask, norm_pix, backend=backend)
-    if poison:  # fault injection (train.inject_nan_steps)
+    if faults.nan_now():  # fault injection for tests (nan:<step>, train.inject_nan_steps)
         loss = loss * float("nan")
     # a copy: the schedule divides the returned loss in place by the micro-batch count
     reported = {"loss": loss.detach().clone()}
@@ -27,11 +28,9 @@ def _loss_func(patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool, backen
     return loss, reported
 
 
-def make_forward_step(cfg: RunConfig, inject_nan=lambda: False, *, mask_seed: int | None = None,
-                      keep_pred: bool = False):
+def make_forward_step(cfg: RunConfig, *, mask_seed: int | None = None, keep_pred: bool = False):
     """The ``forward_step_func(data_iterator, model)`` the schedules call per micro-batch.
 
-    ``inject_nan()`` says whether this step's loss is to be poisoned (fault injection).
     ``mask_seed``: the seed of the masks (default ``train.seed``; validation uses its own).
     ``keep_pred``: also report the predicted tubelets (on the last pipeline stage).
     """
@@ -59,7 +58,7 @@ def make_forward_step(cfg: RunConfig, inject_nan=lambda: False, *, mask_seed: in
             patches = normalize_patches_per_channel(patches.float(), arch.channels)
             normalise_in_loss = False
         return output, partial(_loss_func, patches, mask.cuda(non_blocking=True),
-                               normalise_in_loss, cfg.model.kernels, inject_nan(), keep_pred)
+                               normalise_in_loss, cfg.model.kernels, keep_pred)
 
     return forward_step
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megavid import faults
 from megavid.config import RunConfig, has_validation
 from megavid.config.preflight import preflight
 from megavid.data import build_train_loader
@@ -25,12 +25,13 @@ from megavid.models.initialization import initialize_chunk
 from megavid.models.masking import num_visible
 from megavid.parallel import runtime
 from megavid.parallel.devices import peak_tflops
+from megavid.training.agreement import sum_over_ranks
 from megavid.training.checkpoint import Checkpointer
 from megavid.training.choices import describe_choices
 from megavid.training.optim import build_optimizer, wrap_model
 from megavid.training.preemption import StopRequest, requeue_slurm_job
 from megavid.training.progress import Progress, default_log_dir
-from megavid.training.step import make_forward_step, reduce_loss
+from megavid.training.step import make_forward_step
 from megavid.training.validation import Validator
 
 
@@ -48,19 +49,10 @@ def _is_collective_failure(err: BaseException) -> bool:
         word in text for word in ("gloo", "NCCL", "Connection closed by peer", "Timed out"))
 
 
-def _maybe_inject_hang(step: int) -> None:
-    """Fault injection for tests: MEGAVID_FAULT_INJECT=hang:<rank>:<step> stops that rank."""
-    fault = os.environ.get("MEGAVID_FAULT_INJECT", "")
-    if fault.startswith("hang:"):
-        _, rank, at = fault.split(":")
-        if dist.get_rank() == int(rank) and step == int(at):
-            while True:
-                time.sleep(3600)
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig):
-        # Processes and groups: the layout is checked before any group exists.
+        # Processes and groups: the layout (and a fault spec) is checked before any group exists.
+        faults.set_config_nan_steps(cfg.train.inject_nan_steps)  # the config's alias of nan:<step>
         env = runtime.read_dist_env()
         self.cfg = cfg
         self.layout = layout = preflight(cfg, env.world_size)
@@ -88,8 +80,12 @@ class Trainer:
             dp_rank=parallel_state.get_data_parallel_rank(), dp_size=layout.dp,
             seed=cfg.train.seed,
         )
-        # Skip counts for the log, summed over the replicas' loaders (each file counted once).
-        self.data_stats = DataStats(self.loader, parallel_state.get_data_parallel_group())
+        # Skip counts for the log, summed over the replicas' loaders (each file counted once);
+        # a replica's TP and PP ranks read the same stream: its first rank counts it.
+        self.data_stats = DataStats(
+            self.loader, parallel_state.get_data_parallel_group(),
+            counted=parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_pipeline_model_parallel_rank() == 0)
         self.validator = Validator(cfg, layout, self.model) if has_validation(cfg) else None
 
         # Resume: model, optimizer, schedule, loader position, counters.
@@ -105,7 +101,7 @@ class Trainer:
         # A copy of the micro-batch stream per model chunk (interleaved pipelining).
         iterators = itertools.tee(iter(self.loader), layout.vpp)
         self.data_iterator = list(iterators) if layout.vpp > 1 else iterators[0]
-        self.forward_step = make_forward_step(cfg, inject_nan=self._nan_injected)
+        self.forward_step = make_forward_step(cfg)
         self._flops_per_clip = mae_train_flops_per_clip(
             self.arch, mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
         self._peak_tflops, _ = peak_tflops(cfg.train.fp8 and "fp8" or cfg.train.precision)
@@ -147,27 +143,35 @@ class Trainer:
                 f"validation: {self.validator.num_clips} clips, {tc.eval_iters} x "
                 f"{tc.global_batch_size} samples {every}after the last step")
 
-    def _nan_injected(self) -> bool:
-        return self.step + 1 in self.cfg.train.inject_nan_steps
-
     def train_step(self) -> dict:
         """One optimizer step over the global batch; returns its metrics (on every rank)."""
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         start = time.perf_counter()
-        losses = get_forward_backward_func()(
-            forward_step_func=self.forward_step,
-            data_iterator=self.data_iterator,
-            model=self.model,
-            num_microbatches=self.layout.num_microbatches,
-            seq_length=self.arch.num_tokens,  # shapes travel with the tensors (variable_seq_lengths)
-            micro_batch_size=self.layout.micro_batch_size,
-            forward_only=False,
-        )
-        loss = reduce_loss(losses)
+        with faults.training_step(self.step + 1):  # tests: nan:<step> poisons this loss
+            losses = get_forward_backward_func()(
+                forward_step_func=self.forward_step,
+                data_iterator=self.data_iterator,
+                model=self.model,
+                num_microbatches=self.layout.num_microbatches,
+                seq_length=self.arch.num_tokens,  # shapes travel with the tensors
+                micro_batch_size=self.layout.micro_batch_size,
+                forward_only=False,
+            )
+        # What every rank must agree on, in one all-reduce (megavid.training.agreement).
+        stats = self.data_stats
+        agreed = sum_over_ranks({
+            "loss": self._replica_loss(losses),
+            "non_finite": self._non_finite(losses),
+            "stop": self.stop_request.flags(),
+            "data": stats.counts() if stats.enabled else [],
+        })
+        loss = agreed["loss"][0] / self.layout.dp
+        self.stop_request.agree(agreed["stop"])  # the loop stops after this step if so
+        data = stats.merge(agreed["data"]) if stats.enabled else None
         # A non-finite loss or gradient anywhere skips the update everywhere.
-        if self._all_finite(loss):
+        if not agreed["non_finite"][0]:
             _, grad_norm, _ = self.optimizer.step()
             self.scheduler.step(increment=1)
             self._consecutive_skips = 0
@@ -178,21 +182,35 @@ class Trainer:
             self._consecutive_skips += 1
         self.step += 1
         elapsed = time.perf_counter() - start
-        return self._metrics(loss, grad_norm, elapsed, skipped)
+        return self._metrics(loss, grad_norm, elapsed, skipped, data)
 
-    def _all_finite(self, loss: float) -> bool:
-        """Loss and every gradient buffer finite, agreed over all ranks."""
-        bad = not math.isfinite(loss)
-        for chunk in self.model:
-            for buffer in chunk.buffers:
-                # one reduction pass: a sum is non-finite iff some element is (or it overflows,
-                # which is as bad); torch.isfinite on the buffer cost ~20% of a CPU step
-                bad = bad or not math.isfinite(buffer.grad_data.sum().item())
-        flag = torch.tensor([int(bad)], dtype=torch.int32).cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return not bool(flag.item())
+    def _replica_loss(self, losses: list[dict]) -> torch.Tensor:
+        """This replica's mean micro-batch loss from one of its ranks (the last pipeline stage's
+        first TP rank), 0 from the others: summed over all ranks, the sum over replicas."""
+        if (losses and parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+                and parallel_state.get_tensor_model_parallel_rank() == 0):
+            return torch.stack([x["loss"].double() for x in losses]).mean()
+        return torch.zeros(1, dtype=torch.float64)
 
-    def _metrics(self, loss: float, grad_norm, elapsed: float, skipped: bool) -> dict:
+    def _non_finite(self, losses: list[dict]) -> torch.Tensor:
+        """1 if this rank's loss or any of its gradients is not finite, else 0; a tensor, so
+        the host reads it only with the rest of the agreement.
+
+        A sum is non-finite iff some element is (or it overflows, which is as bad): one
+        reduction pass per gradient buffer; torch.isfinite on the buffers cost ~20% of a CPU
+        step. The check comes before ``optimizer.step()`` because megatron-core's step does
+        not skip a non-finite update in fp32 or in bf16 without a loss scale (only a grad
+        scaler's found-inf skips it), and it stays whole rather than being cut into its
+        pieces here (0.19's adds grad-norm groups and a skip threshold between them).
+        """
+        sums = [buffer.grad_data.sum().double() for chunk in self.model for buffer in chunk.buffers]
+        sums += [x["loss"].double() for x in losses]
+        if not sums:
+            return torch.zeros(1, dtype=torch.float64)
+        return (~torch.isfinite(torch.stack(sums).sum())).double()
+
+    def _metrics(self, loss: float, grad_norm, elapsed: float, skipped: bool,
+                 data: dict | None) -> dict:
         tc, world = self.cfg.train, dist.get_world_size()
         clips_per_s = tc.global_batch_size / elapsed
         per_device = self._flops_per_clip * clips_per_s / world / 1e12
@@ -208,7 +226,7 @@ class Trainer:
             "mfu": per_device / peak if peak and not math.isnan(peak) else float("nan"),
             "step_time_s": elapsed,
             "skipped": skipped,
-            **self.data_stats.metrics(),  # "data": loader counters (a DP collective)
+            **({"data": data} if data is not None else {}),  # loader counters, summed
         }
 
     def _watch_loss(self, metrics: dict) -> None:
@@ -237,7 +255,7 @@ class Trainer:
 
     def _guarded_step(self) -> dict:
         """``train_step``, turning a failed collective into an error that names the ranks."""
-        _maybe_inject_hang(self.step + 1)
+        faults.hang_here(dist.get_rank(), self.step + 1)  # tests: hang:<rank>:<step>
         try:
             return self.train_step()
         except Exception as err:
@@ -285,7 +303,7 @@ class Trainer:
             self.checkpointer.finalize()
             if self.checkpointer.due(self.step) and not metrics["skipped"]:
                 self._save()  # never checkpoint in the middle of a non-finite streak
-            if self.stop_request.agreed():
+            if self.stop_request.agreed:
                 self.progress.info(f"stopping at step {self.step}: {self.stop_request.reason}")
                 self._save()
                 if (self.stop_request.received == signal.SIGUSR1
