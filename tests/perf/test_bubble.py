@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from megavid.tools.bench_results import read_results
-from tests.conftest import REPO, subprocess_env
 
 
-def test_measured_bubble_tracks_theory(tmp_path):
+def test_measured_bubble_tracks_theory(tmp_path, launch):
     out = tmp_path / "bubble.json"
-    subprocess.run([sys.executable, "benchmarks/pipeline_bubble.py", "--quick", "--out", str(out)],
-                   cwd=REPO, env=subprocess_env(), check=True, capture_output=True, timeout=300)
+    launch.run("benchmarks/pipeline_bubble.py", "--quick", "--out", str(out), check=True,
+               timeout=300)
     rows = {r["name"]: r for r in read_results(out)["results"]}
     for row in rows.values():
         # gloo p2p and Python overhead only ever add to the bubble, and interleaving
