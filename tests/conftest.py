@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -33,6 +35,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    _check_one_launcher({item.path for item in items})
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA: run `pytest -m gpu` on a GPU node")
@@ -41,17 +44,45 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# processes started other than through the launch fixture: no port, timeout or clean-up rules
+_DIRECT_LAUNCH = re.compile(r"subprocess\.(run|Popen|call|check_call|check_output)\(|"
+                            r"\bmp\.spawn\(|\.Process\(target=|\"torch\.distributed\.run\"")
+
+
+def _check_one_launcher(paths) -> None:
+    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+             for path in sorted(paths) if path.suffix == ".py"
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if _DIRECT_LAUNCH.search(line)]
+    if found:
+        raise pytest.UsageError("start processes with the launch fixture (tests/conftest.py), "
+                                "not directly:\n" + "\n".join(found))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group ``proc`` leads, and, while it runs, its descendants that left
+    the group (the fake srun starts each task in a session of its own)."""
+    strays = []
+    if proc.poll() is None:  # not reaped: the pid is still this process's
+        try:
+            strays = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            pass
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader
     except (ProcessLookupError, PermissionError):
         pass
+    for stray in strays:
+        try:
+            stray.kill()
+        except psutil.Error:
+            pass
 
 
 class Launch:
@@ -69,7 +100,7 @@ class Launch:
     def __init__(self, out_dir: Path):
         self._out_dir = out_dir
         self._count = 0
-        self._groups: list[int] = []
+        self._groups: list[subprocess.Popen] = []
         self._spawned: list = []
 
     free_port = staticmethod(free_port)
@@ -98,11 +129,12 @@ class Launch:
     def start(self, *args: str, nproc: int | None = None, env: dict | None = None,
               cwd: Path = REPO, python: str | None = sys.executable,
               **popen: object) -> subprocess.Popen:
-        """Popen in a new session; its process group is killed when the test ends."""
+        """Popen in a new session; its process group (what it left behind, if it was
+        SIGKILLed) is killed when the test ends."""
         popen.setdefault("stdin", subprocess.DEVNULL)
         proc = subprocess.Popen(self.command(*args, nproc=nproc, python=python), cwd=cwd,
                                 env=self.env(env), start_new_session=True, **popen)
-        self._groups.append(proc.pid)
+        self._groups.append(proc)
         return proc
 
     def run(self, *args: str, nproc: int | None = None, env: dict | None = None,
@@ -120,8 +152,9 @@ class Launch:
             except subprocess.TimeoutExpired:
                 returncode = None
             finally:
-                _kill_group(proc.pid)  # the leader has exited or timed out: the rest are orphans
+                _kill_group(proc)  # the leader has exited or timed out: the rest are orphans
                 proc.wait()
+                self._groups.remove(proc)
         result = subprocess.CompletedProcess(
             proc.args, returncode, out_path.read_text(errors="replace"),
             err_path.read_text(errors="replace"))
@@ -161,8 +194,9 @@ class Launch:
         return context.processes
 
     def close(self) -> None:
-        for pgid in self._groups:
-            _kill_group(pgid)
+        for proc in self._groups:
+            _kill_group(proc)
+            proc.wait()
         for proc in self._spawned:
             if proc.is_alive():
                 proc.kill()
