@@ -57,6 +57,7 @@ def test_data_parallel_run_writes_one_result(synthetic4d_dir, tmp_path, launch):
     assert _check_run(out, "tracking", "tracks.png")["world_size"] == 2
 
 
+@pytest.mark.slow  # 32-56 s on 2 cores: three evaluations, two of them torchrun with 2 ranks
 def test_encoder_split_by_tp_or_pp_gives_the_single_process_features(synthetic4d_dir, tmp_path,
                                                                       launch):
     """4 ranks as 2 TP-2 replicas, and 2 ranks as one PP-2 pipeline, vs one process."""

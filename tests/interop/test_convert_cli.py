@@ -37,7 +37,7 @@ def test_help_shows_the_released_4ds_commands(launch):
         assert text in proc.stdout, text
 
 
-@pytest.mark.slow  # 43 s on 2 cores: three runs and two conversions
+@pytest.mark.slow  # 36-43 s on 2 cores: three runs and two conversions
 def test_npz_to_megavid_trains_and_exports_back(tmp_path, launch):
     """npz -> megavid (CLI) -> pretrain --load (weights only, arch from the checkpoint) -> npz."""
     from megavid.models import load_encoder

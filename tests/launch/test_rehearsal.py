@@ -63,6 +63,7 @@ def check_groups(layouts: list[dict]) -> None:
     assert all(len(n) == 1 for n in nodes.values()) and len(set.union(*nodes.values())) == NODES
 
 
+@pytest.mark.slow  # 31-32 s on 2 cores (the reference run aside): 4 ranks
 def test_srun_mode_one_task_per_gpu(tmp_path, reference, launch):
     metrics, layouts = run_job(launch, tmp_path, "srun")
     check_groups(layouts)

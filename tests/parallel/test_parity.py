@@ -30,7 +30,8 @@ def reference(tmp_path_factory, shared_launch):
     return shared_launch.pretrain(tmp_path_factory.mktemp("single"), 1, *COMMON)
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("name", [  # 4 ranks on 2 cores: 30-31 s
+    pytest.param(name, marks=pytest.mark.slow) if LAYOUTS[name][0] > 2 else name for name in LAYOUTS])
 def test_layout_matches_single_process(name, reference, tmp_path, launch):
     nproc, flags = LAYOUTS[name]
     metrics = launch.pretrain(tmp_path, nproc, *COMMON, *flags)

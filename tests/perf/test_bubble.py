@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from megavid.tools.bench_results import read_results
 
 
+@pytest.mark.slow  # 31-36 s on 2 cores: the benchmark's pipeline schedules on up to 4 ranks
 def test_measured_bubble_tracks_theory(tmp_path, launch):
     out = tmp_path / "bubble.json"
     launch.run("benchmarks/pipeline_bubble.py", "--quick", "--out", str(out), check=True,

@@ -49,7 +49,7 @@ def latest(save: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-@pytest.mark.slow  # 34 s on 2 cores: three runs of 12 steps on encoded clips
+@pytest.mark.slow  # 34-39 s on 2 cores: three runs of 12 steps on encoded clips
 def test_exact_resume_after_sigkill_including_data_order(tmp_path, launch):
     """12 steps uninterrupted == killed (SIGKILL) after a checkpoint and resumed, bit for bit."""
     video = ("--set", f"data.cache_dir={tmp_path / 'clips'}", "--train-iters", "12")
@@ -74,7 +74,7 @@ def test_exact_resume_after_sigkill_including_data_order(tmp_path, launch):
         assert (got["loss"], got["grad_norm"]) == (want["loss"], want["grad_norm"]), got["step"]
 
 
-@pytest.mark.slow  # 72 s on 2 cores: four launches, two of 4 and 2 ranks
+@pytest.mark.slow  # 72-95 s on 2 cores: four launches, of 4, 1 and 2 ranks, and one more
 def test_reshard_tp2_pp2_to_tp1_pp1_and_tp1_pp2(tmp_path, launch):
     save = tmp_path / "save"
     args = (*TINY, *MOCK, "--train-iters", "3")
@@ -94,7 +94,7 @@ def test_reshard_tp2_pp2_to_tp1_pp1_and_tp1_pp2(tmp_path, launch):
     assert proc.returncode == 2 and "saved with --use-distributed-optimizer" in proc.stderr
 
 
-@pytest.mark.slow  # 35 s on 2 cores: three runs
+@pytest.mark.slow  # 35-49 s on 2 cores: three runs
 def test_save_killed_before_commit_resumes_from_previous(tmp_path, launch):
     save = tmp_path / "save"
     env = {"MEGAVID_FAULT_INJECT": "kill_before_commit:4"}
@@ -122,7 +122,7 @@ def test_async_save_commits_and_resumes_exactly(tmp_path, launch):
     assert [m["loss"] for m in resumed] == [m["loss"] for m in full[2:]]
 
 
-@pytest.mark.slow  # 37 s on 2 cores: 2 ranks until signalled, and a resume
+@pytest.mark.slow  # 31-37 s on 2 cores: 2 ranks until signalled, and a resume
 def test_sigterm_on_one_rank_stops_all_ranks_cleanly(tmp_path, launch):
     save = tmp_path / "save"
     log_dir = tmp_path / "run"
@@ -149,7 +149,7 @@ def test_sigterm_on_one_rank_stops_all_ranks_cleanly(tmp_path, launch):
     assert [m["step"] for m in metrics(tmp_path / "b")] == [last_step + 1, last_step + 2]
 
 
-@pytest.mark.slow  # 52 s on 2 cores: three runs, one saving every step
+@pytest.mark.slow  # 33-52 s on 2 cores: three runs, one saving every step
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, launch):
     proc = run(launch, tmp_path / "one", *TINY, *MOCK, "--train-iters", "4",
                "--set", "train.inject_nan_steps=[2]")
@@ -170,7 +170,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, launch)
     assert latest(save) == "iter_0000001"
 
 
-@pytest.mark.slow  # 52 s on 2 cores: three runs
+@pytest.mark.slow  # 40-52 s on 2 cores: three runs
 def test_damaged_checkpoint_is_named_and_fallback_loads_previous(tmp_path, launch):
     save = tmp_path / "save"
     launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "4", "--save", str(save),
@@ -192,7 +192,6 @@ class _Exploit:
         return (os.system, ("touch /tmp/megavid-pwned",))
 
 
-@pytest.mark.slow  # 35 s on 2 cores: two runs
 def test_loading_never_unpickles_arbitrary_objects(tmp_path, launch):
     save = tmp_path / "save"
     launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))

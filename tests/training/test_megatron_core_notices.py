@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 TINY = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard=false",
         "--set", "log.plot=false", "--lr-warmup-iters", "1", "--mask-ratio", "0.8",
         "--global-batch-size", "8", "--micro-batch-size", "2")
@@ -20,7 +18,6 @@ def run_with_warnings(launch, log_dir, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.mark.slow  # 36 s on 2 cores: two runs with async saves
 def test_training_saving_and_resuming_print_no_deprecation_notice(tmp_path, launch):
     save = tmp_path / "save"
     out = run_with_warnings(launch, tmp_path / "a", "--train-iters", "4", "--save", str(save),
