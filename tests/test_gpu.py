@@ -8,8 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import run_pretrain
-
 pytestmark = pytest.mark.gpu
 
 COMMON = ("--preset", "tiny", "--set", "data.mock=true", "--set", "model.norm_pix_loss=true",
@@ -26,37 +24,37 @@ def _losses(rows):
     return [row["loss"] for row in rows]
 
 
-def test_te_spec_matches_local_spec_in_bf16(tmp_path):
+def test_te_spec_matches_local_spec_in_bf16(tmp_path, launch):
     _needs_te()
-    local = run_pretrain(tmp_path / "local", 1, *COMMON, "--bf16", "--transformer-impl", "local")
-    te = run_pretrain(tmp_path / "te", 1, *COMMON, "--bf16", "--transformer-impl",
-                      "transformer_engine")
+    local = launch.pretrain(tmp_path / "local", 1, *COMMON, "--bf16", "--transformer-impl", "local")
+    te = launch.pretrain(tmp_path / "te", 1, *COMMON, "--bf16", "--transformer-impl",
+                         "transformer_engine")
     assert _losses(te) == pytest.approx(_losses(local), rel=2e-2)
 
 
-def test_te_fp8_tracks_bf16(tmp_path):
+def test_te_fp8_tracks_bf16(tmp_path, launch):
     _needs_te()
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs Ada/Hopper or newer")
     # FP8 GEMMs need dimensions divisible by 16: a wider tiny model
     arch = ("--set", "model.arch={hidden_size: 128, ffn_hidden_size: 512, "
             "decoder_hidden_size: 64, decoder_ffn_hidden_size: 256}")
-    bf16 = run_pretrain(tmp_path / "bf16", 1, *COMMON, *arch, "--bf16",
-                        "--transformer-impl", "transformer_engine")
-    fp8 = run_pretrain(tmp_path / "fp8", 1, *COMMON, *arch, "--bf16", "--fp8", "hybrid",
-                       "--transformer-impl", "transformer_engine")
+    bf16 = launch.pretrain(tmp_path / "bf16", 1, *COMMON, *arch, "--bf16",
+                           "--transformer-impl", "transformer_engine")
+    fp8 = launch.pretrain(tmp_path / "fp8", 1, *COMMON, *arch, "--bf16", "--fp8", "hybrid",
+                          "--transformer-impl", "transformer_engine")
     assert _losses(fp8) == pytest.approx(_losses(bf16), rel=5e-2)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_nccl_tp2_sp_matches_single_gpu(tmp_path):
-    single = run_pretrain(tmp_path / "one", 1, *COMMON, "--transformer-impl", "local")
-    tp2 = run_pretrain(tmp_path / "tp2", 2, *COMMON, "--transformer-impl", "local", "--tp", "2",
-                       "--sp")
+def test_nccl_tp2_sp_matches_single_gpu(tmp_path, launch):
+    single = launch.pretrain(tmp_path / "one", 1, *COMMON, "--transformer-impl", "local")
+    tp2 = launch.pretrain(tmp_path / "tp2", 2, *COMMON, "--transformer-impl", "local", "--tp", "2",
+                          "--sp")
     assert _losses(tp2) == pytest.approx(_losses(single), rel=1e-4)
 
 
-def test_dali_mixed_decoding_matches_pyav(tmp_path):
+def test_dali_mixed_decoding_matches_pyav(tmp_path, launch):
     dali = pytest.importorskip("nvidia.dali", reason="DALI not installed")
     import av
     import numpy as np
@@ -91,7 +89,7 @@ def test_dali_mixed_decoding_matches_pyav(tmp_path):
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp9"])
-def test_dali_gpu_decoder_matches_pyav(tmp_path, codec):
+def test_dali_gpu_decoder_matches_pyav(tmp_path, launch, codec):
     """megavid's DALIDecoder on NVDEC ("mixed"): chosen frames, any order, vs PyAV."""
     pytest.importorskip("nvidia.dali", reason="DALI not installed")
     import numpy as np

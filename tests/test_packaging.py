@@ -5,30 +5,25 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import pytest
 
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO
 
 needs_hf_kernels = pytest.mark.skipif(importlib.util.find_spec("kernels") is None,
                                       reason="Hugging Face's kernels is not installed "
                                              "(pip install 'megavid[test]')")
 
 
-def _python(code: str, cwd) -> str:
+def _python(launch, code: str, cwd) -> str:
     """Run ``code`` outside the repository, where only installed packages import."""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return launch.run("-c", code, cwd=cwd, timeout=120, check=True).stdout
 
 
 @needs_hf_kernels
-def test_hugging_face_kernels_and_megavid_kernels_both_import(tmp_path):
-    out = _python("import kernels, megavid.kernels as mk\n"
+def test_hugging_face_kernels_and_megavid_kernels_both_import(launch, tmp_path):
+    out = _python(launch, "import kernels, megavid.kernels as mk\n"
                   "print(kernels.__file__); print(mk.__file__); print(mk.fused_mae_loss.__name__)\n"
                   "import importlib.metadata as m; print(m.version('kernels'))", tmp_path)
     hf, ours, loss, version = out.split()
@@ -38,16 +33,13 @@ def test_hugging_face_kernels_and_megavid_kernels_both_import(tmp_path):
 
 
 @needs_hf_kernels
-def test_demo_trains_with_hugging_face_kernels_installed(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "megavid.pretrain", "--train-iters", "2", "--log-dir",
-         str(tmp_path / "run"), "--set", "log.plot=false", "--set", "model.kernels=auto"],
-        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_demo_trains_with_hugging_face_kernels_installed(launch, tmp_path):
+    launch.run("-m", "megavid.pretrain", "--train-iters", "2", "--log-dir", str(tmp_path / "run"),
+               "--set", "log.plot=false", "--set", "model.kernels=auto", cwd=tmp_path, check=True)
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 2
 
 
-def test_nothing_named_kernels_is_installed_at_the_top(tmp_path):
+def test_nothing_named_kernels_is_installed_at_the_top(launch, tmp_path):
     """The wheel's top-level names are megavid and its metadata only (built from a copy:
     setuptools writes build/ next to the sources)."""
     source = tmp_path / "src"
@@ -56,10 +48,8 @@ def test_nothing_named_kernels_is_installed_at_the_top(tmp_path):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                            if copy is shutil.copytree else {}))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                           "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch.run("-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+               str(tmp_path), str(source), check=True)
     (wheel,) = tmp_path.glob("megavid-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     dist_info = wheel.name.split("-py")[0] + ".dist-info"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
 import torch.distributed as dist
@@ -12,19 +10,18 @@ import torch.multiprocessing as mp
 
 from megavid.data.loader import FILE_COUNTERS, STAT_KEYS
 from megavid.data.stats import DataStats
-from tests.conftest import REPO, subprocess_env
 from tests.data.helpers import expected_counts, make_bad_folder
 
 
-def test_pretrain_logs_skips_by_reason(tmp_path):
+def test_pretrain_logs_skips_by_reason(tmp_path, launch):
     data, log_dir = make_bad_folder(tmp_path / "videos"), tmp_path / "run"
     # 16 files, global batch 8: steps 1-2 are one epoch (every file met), step 3 meets some again
-    proc = subprocess.run(
-        [sys.executable, "-m", "megavid.pretrain", "--data", str(data), "--log-dir", str(log_dir),
-         "--train-iters", "3", "--lr-warmup-iters", "1", "--global-batch-size", "8",
-         "--micro-batch-size", "2", "--set", "log.plot=false",
-         "--set", "data.valid_fraction=0"],  # every file trains (the demo config holds some out)
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = launch.run(
+        "-m", "megavid.pretrain", "--data", str(data), "--log-dir", str(log_dir),
+        "--train-iters", "3", "--lr-warmup-iters", "1", "--global-batch-size", "8",
+        "--micro-batch-size", "2", "--set", "log.plot=false",
+        "--set", "data.valid_fraction=0",  # every file trains (the demo config holds some out)
+        timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     want = {k: expected_counts().get(k, 0) for k in STAT_KEYS}
@@ -63,13 +60,10 @@ def _rank_totals(rank: int, init: str, out) -> None:
     dist.destroy_process_group()
 
 
-def test_totals_count_a_file_once_over_data_parallel_ranks(tmp_path):
-    ctx = mp.get_context("fork")  # the children only run gloo collectives
-    out = ctx.Queue()
+def test_totals_count_a_file_once_over_data_parallel_ranks(tmp_path, launch):
+    out = mp.get_context("fork").Queue()  # the children only run gloo collectives
     init = f"file://{tmp_path / 'store'}"
-    procs = [ctx.Process(target=_rank_totals, args=(r, init, out)) for r in range(2)]
-    for p in procs:
-        p.start()
+    procs = launch.spawn(_rank_totals, init, out, nprocs=2, start_method="fork", join=False)
     results = dict((r, rest) for r, *rest in (out.get(timeout=60) for _ in procs))
     for p in procs:
         p.join(timeout=60)

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-from tests.conftest import REPO, free_port, subprocess_env
 
 # a readout small enough for seconds on a CPU; every task, a few steps
 _QUICK = ["--steps", "6", "--batch-size", "2", "--warmup", "2", "--readout-width", "32",
           "--readout-heads", "4", "--log-interval", "3", "--num-queries", "8"]
 
 
-def _run(args: list[str], *, nproc: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "megavid.eval"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-port", str(free_port()), "-m", "megavid.eval"]
-    proc = subprocess.run([*launcher, *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+def _run(launch, args: list[str], *, nproc: int = 1,
+         timeout: int = 240) -> subprocess.CompletedProcess:
+    return launch.run("-m", "megavid.eval", *args, nproc=None if nproc == 1 else nproc,
+                      timeout=timeout, check=True)
 
 
 def _check_run(out, task: str, picture: str) -> dict:
@@ -41,11 +33,12 @@ _EXPECTED = {"depth": ("depth.png", "abs_rel"), "tracking": ("tracks.png", "aver
              "pose": ("poses.png", "epe"), "boxes": ("boxes.png", "mean_iou")}
 
 
-def test_every_task_end_to_end_and_features_are_cached_across_tasks(synthetic4d_dir, tmp_path):
+def test_every_task_end_to_end_and_features_are_cached_across_tasks(synthetic4d_dir, tmp_path,
+                                                                     launch):
     cache = tmp_path / "features"
     for i, (task, (picture, metric)) in enumerate(_EXPECTED.items()):
         out = tmp_path / task
-        proc = _run(["--task", task, "--preset", "tiny", "--data", str(synthetic4d_dir),
+        proc = _run(launch, ["--task", task, "--preset", "tiny", "--data", str(synthetic4d_dir),
                      "--out", str(out), "--feature-cache", str(cache), *_QUICK])
         assert "readout step 6/6 | loss" in proc.stdout
         result = _check_run(out, task, picture)
@@ -56,14 +49,16 @@ def test_every_task_end_to_end_and_features_are_cached_across_tasks(synthetic4d_
         assert ("encoder: tiny loaded in" in proc.stdout) == (i == 0), proc.stdout
 
 
-def test_data_parallel_run_writes_one_result(synthetic4d_dir, tmp_path):
+def test_data_parallel_run_writes_one_result(synthetic4d_dir, tmp_path, launch):
     out = tmp_path / "dp"
-    _run(["--task", "tracking", "--preset", "tiny", "--data", str(synthetic4d_dir),
+    _run(launch, ["--task", "tracking", "--preset", "tiny", "--data", str(synthetic4d_dir),
           "--out", str(out), "--no-feature-cache", *_QUICK], nproc=2)
     assert _check_run(out, "tracking", "tracks.png")["world_size"] == 2
 
 
-def test_encoder_split_by_tp_or_pp_gives_the_single_process_features(synthetic4d_dir, tmp_path):
+@pytest.mark.slow  # 32-56 s on 2 cores: three evaluations, two of them torchrun with 2 ranks
+def test_encoder_split_by_tp_or_pp_gives_the_single_process_features(synthetic4d_dir, tmp_path,
+                                                                      launch):
     """4 ranks as 2 TP-2 replicas, and 2 ranks as one PP-2 pipeline, vs one process."""
     import torch
 
@@ -71,9 +66,10 @@ def test_encoder_split_by_tp_or_pp_gives_the_single_process_features(synthetic4d
     runs = {"single": ([], 1), "tp2x2": (["--tp", "2"], 4), "pp2": (["--pp", "2"], 2)}
     features, metrics = {}, {}
     for name, (layout, nproc) in runs.items():
-        _run(["--task", "depth", "--preset", "tiny", "--data", str(synthetic4d_dir), "--out",
-              str(tmp_path / name), "--feature-cache", str(tmp_path / f"cache-{name}"),
-              "--no-pictures", *layout, *quick], nproc=nproc)
+        _run(launch, ["--task", "depth", "--preset", "tiny", "--data", str(synthetic4d_dir),
+                      "--out", str(tmp_path / name), "--feature-cache",
+                      str(tmp_path / f"cache-{name}"), "--no-pictures", *layout, *quick],
+             nproc=nproc)
         files = sorted((tmp_path / f"cache-{name}").glob("*.pt"))  # same keys: same names
         features[name] = {f.name: torch.load(f, weights_only=True) for f in files}
         metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
@@ -86,18 +82,17 @@ def test_encoder_split_by_tp_or_pp_gives_the_single_process_features(synthetic4d
         assert metrics[name]["abs_rel"] == pytest.approx(metrics["single"]["abs_rel"], rel=1e-3)
 
 
-def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path):
+def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path, launch):
     """Official key layout (random arrays) -> megavid checkpoint -> depth readout at 8x64x64."""
     from tests.interop.helpers import make_fourds_npz
 
     npz = make_fourds_npz(tmp_path / "4ds.npz", width=32, layers=4, heads=4, ffn=48,
                           tubelet=(2, 8, 8), grid=(2, 3, 3))
     ckpt = tmp_path / "ckpt"
-    subprocess.run([sys.executable, "-m", "megavid.tools.convert", "--from", "4ds-npz", "--to",
-                    "megavid", str(npz), str(ckpt)], cwd=REPO, env=subprocess_env(),
-                   check=True, capture_output=True, timeout=240)
+    launch.run("-m", "megavid.tools.convert", "--from", "4ds-npz", "--to",
+               "megavid", str(npz), str(ckpt), check=True, timeout=240)
     out = tmp_path / "run"
-    _run(["--task", "depth", "--ckpt", str(ckpt), "--data", str(synthetic4d_dir),
+    _run(launch, ["--task", "depth", "--ckpt", str(ckpt), "--data", str(synthetic4d_dir),
           "--num-frames", "8", "--image-size", "64", "--out", str(out), "--no-feature-cache",
           *_QUICK])
     result = _check_run(out, "depth", "depth.png")

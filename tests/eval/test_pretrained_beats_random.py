@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
-
-from tests.conftest import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +37,7 @@ JUDGED = {"depth": ("abs_rel", True), "tracking": ("average_jaccard", False)}
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory) -> dict:
+def comparison(tmp_path_factory, shared_launch) -> dict:
     """{task: {"random": metrics, "pretrained": metrics}}, plus the MAE's loss curve."""
     pytest.importorskip("mitsuba", reason="the synthetic 4D benchmark needs Mitsuba")
     from megavid.eval import make_synthetic
@@ -52,10 +48,9 @@ def comparison(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("acceptance")
     data = make_synthetic(tmp / "data", workers=2, **SCENES)
     ckpt = tmp / "ckpt"
-    subprocess.run([sys.executable, "-m", "megavid.pretrain", "--preset", "tiny", "--data",
-                    str(data / "train" / "videos"), "--save", str(ckpt), "--log-dir",
-                    str(tmp / "pretrain"), *PRETRAIN], cwd=REPO, env=subprocess_env(),
-                   check=True, capture_output=True, timeout=600)
+    shared_launch.run("-m", "megavid.pretrain", "--preset", "tiny", "--data",
+                      str(data / "train" / "videos"), "--save", str(ckpt), "--log-dir",
+                      str(tmp / "pretrain"), *PRETRAIN, check=True, timeout=600)
     table = {}
     try:  # in this process: one gloo group of one rank, torn down afterwards
         for task in JUDGED:

@@ -7,13 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from megavid.eval import readout as R
 from megavid.eval.feature_cache import cached_features
 from megavid.eval.train import ReadoutConfig, batch_indices, train_readout
-from tests.conftest import free_port
 
 B, T, GRID, D, SIZE = 2, 8, (4, 4, 4), 32, 32  # clip 8x32x32, features (4, 4, 4, 32)
 
@@ -173,9 +171,9 @@ def _dp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         runtime.shutdown()
 
 
-def test_data_parallel_readout_matches_one_process(tmp_path):
+def test_data_parallel_readout_matches_one_process(tmp_path, launch):
     _train_dp(str(tmp_path / "single.pt"))
-    mp.spawn(_dp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    launch.spawn(_dp_worker, 2, launch.free_port(), str(tmp_path), nprocs=2)
     single = torch.load(tmp_path / "single.pt")
     for rank in (0, 1):
         dp = torch.load(tmp_path / f"rank{rank}.pt")

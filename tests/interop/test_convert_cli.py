@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from megavid.tools.convert import main as convert_main
-from tests.conftest import REPO, subprocess_env
 from tests.interop.helpers import make_fourds_npz
 
 DECODER = ["--decoder", "decoder_hidden_size=16", "--decoder", "decoder_num_layers=2",
@@ -20,20 +17,18 @@ TRAIN = ("--set", "data.mock=true", "--set", "log.tensorboard=false", "--set", "
          "--global-batch-size", "2", "--micro-batch-size", "1", "--mask-ratio", "0.5")
 
 
-def pretrain(tmp_path, name, *args):
+def pretrain(launch, tmp_path, name, *args):
     log_dir = tmp_path / name
-    proc = subprocess.run([sys.executable, "-m", "megavid.pretrain", "--log-dir", str(log_dir),
-                           *TRAIN, *args], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = launch.run("-m", "megavid.pretrain", "--log-dir", str(log_dir), *TRAIN, *args,
+                      timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = " ".join(proc.stdout.split())  # rich wraps long lines
     rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     return out, rows
 
 
-def test_help_shows_the_released_4ds_commands():
-    proc = subprocess.run([sys.executable, "-m", "megavid.tools.convert", "--help"], cwd=REPO,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=60)
+def test_help_shows_the_released_4ds_commands(launch):
+    proc = launch.run("-m", "megavid.tools.convert", "--help", timeout=60)
     assert proc.returncode == 0
     for text in ("--from 4ds-npz --to megavid scaling4d_dist_b.npz",
                  "--from 4ds-npz --to megavid scaling4d_e.npz ckpt/4ds_e --tp 4 --pp 2",
@@ -42,7 +37,8 @@ def test_help_shows_the_released_4ds_commands():
         assert text in proc.stdout, text
 
 
-def test_npz_to_megavid_trains_and_exports_back(tmp_path):
+@pytest.mark.slow  # 36-43 s on 2 cores: three runs and two conversions
+def test_npz_to_megavid_trains_and_exports_back(tmp_path, launch):
     """npz -> megavid (CLI) -> pretrain --load (weights only, arch from the checkpoint) -> npz."""
     from megavid.inference import load_encoder
     from megavid.models.layout_free import layout_free_state
@@ -54,7 +50,7 @@ def test_npz_to_megavid_trains_and_exports_back(tmp_path):
     # lr 0: the trained checkpoint must hold the converted weights exactly; the demo config
     # (exact GELU, another preset) is overridden by the architecture saved in the checkpoint
     save = tmp_path / "save"
-    out, rows = pretrain(tmp_path, "run", "--load", str(ckpt), "--save", str(save),
+    out, rows = pretrain(launch, tmp_path, "run", "--load", str(ckpt), "--save", str(save),
                          "--train-iters", "1", "--lr-warmup-iters", "0", "--lr", "0",
                          "--set", "train.min_lr=0")
     assert "(the checkpoint holds weights only): starting at step 0" in out
@@ -69,7 +65,7 @@ def test_npz_to_megavid_trains_and_exports_back(tmp_path):
 
     # --finetune: a full training checkpoint, weights only, from step 0; in bf16 the optimizer's
     # fp32 main weights must follow the loaded ones (lr 0: bf16 of the weights, exactly)
-    out, rows = pretrain(tmp_path, "finetune", "--load", str(save), "--finetune", "--bf16",
+    out, rows = pretrain(launch, tmp_path, "finetune", "--load", str(save), "--finetune", "--bf16",
                          "--save", str(tmp_path / "bf16"), "--train-iters", "1",
                          "--lr-warmup-iters", "0", "--lr", "0", "--set", "train.min_lr=0")
     assert "(--finetune): starting at step 0" in out and [r["step"] for r in rows] == [1]
@@ -92,7 +88,7 @@ def test_broken_npz_fails_naming_the_key(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_hf_model_continues_pretraining_with_k_bias_held_at_zero(tmp_path):
+def test_hf_model_continues_pretraining_with_k_bias_held_at_zero(tmp_path, launch):
     """HF VideoMAE -> megavid; training keeps the absent k bias at exactly 0; -> HF again."""
     transformers = pytest.importorskip("transformers")
     from megavid.models.fourds import split_qkv
@@ -107,8 +103,9 @@ def test_hf_model_continues_pretraining_with_k_bias_held_at_zero(tmp_path):
     ckpt, save = tmp_path / "ckpt", tmp_path / "save"
     assert convert_main(["--from", "hf-videomae", "--to", "megavid", str(tmp_path / "hf"),
                          str(ckpt)]) == 0
-    pretrain(tmp_path, "run", "--load", str(ckpt), "--save", str(save), "--train-iters", "3",
-             "--lr-warmup-iters", "0", "--set", "model.norm_pix_style=videomae")
+    pretrain(launch, tmp_path, "run", "--load", str(ckpt), "--save", str(save),
+             "--train-iters", "3", "--lr-warmup-iters", "0",
+             "--set", "model.norm_pix_style=videomae")
     model_cfg, state = read_megavid_in_process(save)
     assert model_cfg.qkv_bias == "qv" and model_cfg.pos_embed == "sincos"
     _, before = read_megavid_in_process(ckpt)

@@ -3,14 +3,11 @@ directly and through a megavid checkpoint the converter wrote at TP=2."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from megavid.training.common_state import read_common
-from tests.conftest import REPO, free_port, subprocess_env
+from tests.conftest import REPO
 from tests.interop.features_worker import DEPTHS
 from tests.interop.helpers import make_fourds_npz
 
@@ -18,12 +15,8 @@ DECODER = ("--decoder", "decoder_hidden_size=16", "--decoder", "decoder_num_laye
            "--decoder", "decoder_ffn_hidden_size=32", "--decoder", "decoder_num_attention_heads=2")
 
 
-def torchrun(nproc: int, *args: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-port", str(free_port()), *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+def torchrun(launch, nproc: int, *args: str) -> None:
+    launch.run(*args, nproc=nproc, timeout=300, check=True)
 
 
 def rank_results(out, nproc: int) -> list[dict]:
@@ -31,16 +24,14 @@ def rank_results(out, nproc: int) -> list[dict]:
 
 
 @pytest.mark.slow  # three launches of gloo processes: ~40 s of CPU on 2 cores
-def test_tp2_and_pp2_give_tp1_features(single_process, tmp_path):
+def test_tp2_and_pp2_give_tp1_features(single_process, tmp_path, launch):
     from megavid.inference import load_encoder
 
     npz = str(make_fourds_npz(tmp_path / "model.npz", layers=4))
     ckpt = tmp_path / "ckpt_tp2"
     # the converter CLI with --tp 2 starts its 2 processes itself
-    proc = subprocess.run([sys.executable, "-m", "megavid.tools.convert", "--from", "4ds-npz",
-                           "--to", "megavid", npz, str(ckpt), "--tp", "2", *DECODER],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = launch.run("-m", "megavid.tools.convert", "--from", "4ds-npz",
+                      "--to", "megavid", npz, str(ckpt), "--tp", "2", *DECODER, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert read_common(ckpt / "iter_0000000")["layout"] == {"tp": 2, "pp": 1}
 
@@ -52,8 +43,8 @@ def test_tp2_and_pp2_give_tp1_features(single_process, tmp_path):
     assert torch.equal(reference[npz], reference[str(ckpt)])
 
     worker = str(REPO / "tests" / "interop" / "features_worker.py")
-    torchrun(2, worker, "--tp", "2", "--source", npz, "--out", str(tmp_path / "tp2"))
-    torchrun(2, worker, "--pp", "2", "--source", npz, "--source", str(ckpt),
+    torchrun(launch, 2, worker, "--tp", "2", "--source", npz, "--out", str(tmp_path / "tp2"))
+    torchrun(launch, 2, worker, "--pp", "2", "--source", npz, "--source", str(ckpt),
              "--out", str(tmp_path / "pp2"))
     tp2 = rank_results(tmp_path / "tp2", 2)
     pp2 = rank_results(tmp_path / "pp2", 2)

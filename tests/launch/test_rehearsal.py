@@ -11,13 +11,11 @@ match a single process.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from megavid.launch.slurm import SlurmJob, check, render
-from tests.conftest import REPO, run_pretrain
 from tests.launch.helpers import JOB_ID, NODES, PER_NODE, slurm_env
 
 CONFIG = "examples/demo_cpu.yaml"
@@ -26,15 +24,14 @@ COMMON = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboa
           "--mask-ratio", "0.8", "--global-batch-size", "8", "--micro-batch-size", "2")
 
 
-def run_job(tmp_path: Path, mode: str) -> tuple[list[dict], list[dict]]:
+def run_job(launch, tmp_path: Path, mode: str) -> tuple[list[dict], list[dict]]:
     """Render the job, run its batch file; returns (metrics rows, rank layouts by rank)."""
     job = SlurmJob(config=CONFIG, nodes=NODES, gpus_per_node=PER_NODE, tp=2, mode=mode,
                    overrides=(*COMMON, "--log-dir", str(tmp_path / "run")))
     script = tmp_path / "job.sbatch"
     script.write_text(render(check(job)))
     env = slurm_env(tmp_path, MEGAVID_RANK_LAYOUT_DIR=str(tmp_path / "ranks"))
-    proc = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = launch.run("bash", str(script), python=None, env=env, timeout=300)
     if proc.returncode != 0:
         raise AssertionError(f"{mode} job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -45,8 +42,8 @@ def run_job(tmp_path: Path, mode: str) -> tuple[list[dict], list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return run_pretrain(tmp_path_factory.mktemp("single"), 1, "--config", CONFIG, *COMMON)
+def reference(tmp_path_factory, shared_launch):
+    return shared_launch.pretrain(tmp_path_factory.mktemp("single"), 1, "--config", CONFIG, *COMMON)
 
 
 def check_groups(layouts: list[dict]) -> None:
@@ -66,8 +63,9 @@ def check_groups(layouts: list[dict]) -> None:
     assert all(len(n) == 1 for n in nodes.values()) and len(set.union(*nodes.values())) == NODES
 
 
-def test_srun_mode_one_task_per_gpu(tmp_path, reference):
-    metrics, layouts = run_job(tmp_path, "srun")
+@pytest.mark.slow  # 31-32 s on 2 cores (the reference run aside): 4 ranks
+def test_srun_mode_one_task_per_gpu(tmp_path, reference, launch):
+    metrics, layouts = run_job(launch, tmp_path, "srun")
     check_groups(layouts)
     for d in layouts:  # ranks straight from SLURM, node-major like srun's block distribution
         assert d["source"] == "slurm"
@@ -77,8 +75,8 @@ def test_srun_mode_one_task_per_gpu(tmp_path, reference):
     assert_same_losses(metrics, reference)
 
 
-def test_torchrun_mode_one_agent_per_node(tmp_path, reference):
-    metrics, layouts = run_job(tmp_path, "torchrun")
+def test_torchrun_mode_one_agent_per_node(tmp_path, reference, launch):
+    metrics, layouts = run_job(launch, tmp_path, "torchrun")
     check_groups(layouts)
     for d in layouts:  # torchrun numbers ranks agent by agent, with the job id as rendezvous id
         assert d["source"] == "torchrun"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -100,7 +99,7 @@ def test_names_pass_through_unchanged(monkeypatch):
     assert "'--container-image=nvcr.io#nvidia/pytorch:25.01-py3'" in text
 
 
-def test_values_reach_the_job_quoted(tmp_path, monkeypatch):
+def test_values_reach_the_job_quoted(tmp_path, monkeypatch, request):
     """A config path with a space and a `$(...)` value arrive as single, literal arguments."""
     config = tmp_path / "my configs" / "demo cpu.yaml"
     config.parent.mkdir()
@@ -114,7 +113,8 @@ def test_values_reach_the_job_quoted(tmp_path, monkeypatch):
     assert shlex.quote(str(config)) in script.read_text()
     argv_file = tmp_path / "srun_argv.json"
     env = slurm_env(tmp_path, FAKE_SRUN_ARGV=str(argv_file))
-    subprocess.run(["bash", str(script)], cwd=REPO, env=env, check=True, timeout=60)
+    run = request.getfixturevalue("launch").run  # the fixture (this module's launch() is the CLI)
+    run("bash", str(script), python=None, env=env, check=True, timeout=60)
     argv = json.loads(argv_file.read_text())
     tail = argv[argv.index("megavid.pretrain") + 1:]
     assert tail == ["--config", str(config), "--requeue-on-preempt", *overrides]

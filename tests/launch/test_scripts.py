@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -25,16 +24,16 @@ def test_scripts_found():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=IDS)
-def test_bash_syntax(script):
-    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+def test_bash_syntax(script, launch):
+    proc = launch.run("bash", "-n", str(script), python=None, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=IDS)
-def test_shellcheck(script):
+def test_shellcheck(script, launch):
     if shutil.which("shellcheck") is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI=true but shellcheck is not on PATH: apt-get install -y shellcheck")
         pytest.skip("shellcheck is not on PATH (apt-get install -y shellcheck)")
-    proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    proc = launch.run("shellcheck", str(script), python=None, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

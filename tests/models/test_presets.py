@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from megavid.config.presets import PRESETS, count_parameters, get_preset
-from tests.conftest import REPO, subprocess_env
 
 
 def independent_count(width, depth, mlp, dec_width, dec_depth, dec_mlp, tokens, pixels):
@@ -52,10 +48,8 @@ def test_4ds_table_rows():
     assert get_preset("4ds-b").num_tokens == 8 * 14 * 14
 
 
-def test_list_cli_prints_every_preset_with_exact_counts():
-    proc = subprocess.run([sys.executable, "-m", "megavid.models", "--list"], cwd=REPO,
-                          env={**subprocess_env(), "COLUMNS": "250"}, capture_output=True,
-                          text=True, timeout=60)
+def test_list_cli_prints_every_preset_with_exact_counts(launch):
+    proc = launch.run("-m", "megavid.models", "--list", env={"COLUMNS": "250"}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     for name, arch in PRESETS.items():
         counts = count_parameters(arch)

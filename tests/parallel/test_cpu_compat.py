@@ -5,27 +5,22 @@ Run in a subprocess because the bridge is process-wide by design.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from tests.conftest import REPO, subprocess_env
-
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the bridge is for CPU-only hosts")
 
 
-def run_python(code: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+def run_python(launch, code: str) -> str:
+    proc = launch.run("-c", textwrap.dedent(code), timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
 
-def test_device_requests_land_on_cpu():
-    out = run_python("""
+def test_device_requests_land_on_cpu(launch):
+    out = run_python(launch, """
         import torch
         from megavid.parallel import cpu_compat
         assert cpu_compat.install() and cpu_compat.install()  # idempotent
@@ -39,8 +34,8 @@ def test_device_requests_land_on_cpu():
     assert out.split() == ["cpu"] * 5 + ["0"]
 
 
-def test_cuda_type_strings_and_streams():
-    out = run_python("""
+def test_cuda_type_strings_and_streams(launch):
+    out = run_python(launch, """
         import torch
         from megavid.parallel import cpu_compat
         cpu_compat.install()
@@ -54,10 +49,9 @@ def test_cuda_type_strings_and_streams():
     assert out.split() == ["torch.cuda.FloatTensor", "torch.cuda.BFloat16Tensor", "torch.float64"]
 
 
-def test_model_parallel_rng_tracker_forks_the_cpu_generator():
-    out = run_python("""
-        import os, torch, torch.distributed as dist
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(__import__("tests.conftest", fromlist=["x"]).free_port()))
+def test_model_parallel_rng_tracker_forks_the_cpu_generator(launch):
+    out = run_python(launch, """
+        import torch, torch.distributed as dist  # MASTER_PORT: a free port from the launcher
         from megavid.parallel import runtime
         runtime.init_distributed()
         runtime.init_model_parallel(tp=1, pp=1, vpp=None)

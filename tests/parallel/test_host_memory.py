@@ -1,7 +1,6 @@
 """Freed host memory stays in the process: re-allocating it does not page-fault."""
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -31,23 +30,22 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(keep: bool) -> tuple[bool, int]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")}
+def _faults(launch, keep: bool) -> tuple[bool, int]:
+    env = {k: None for k in os.environ
+           if k in ("LD_PRELOAD", "GLIBC_TUNABLES") or k.startswith("MALLOC_")}
     env["MEGAVID_KEEP_FREED_MEMORY"] = "1" if keep else "0"
-    out = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = launch.run("-c", _PROGRAM, env=env, check=True).stdout.split()
     return out[0] == "True", int(out[1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
-def test_reallocation_does_not_page_fault():
-    kept, faults = _faults(keep=True)
+def test_reallocation_does_not_page_fault(launch):
+    kept, faults = _faults(launch, keep=True)
     if not kept:
         pytest.skip("not glibc")
     pages = 5 * 50 * 8 * 2**20 // 4096  # pages written after the warm-up: 512,000
     assert faults < pages // 100, faults
-    _, default_faults = _faults(keep=False)
+    _, default_faults = _faults(launch, keep=False)
     assert default_faults > pages // 2, default_faults  # without it every block is mapped anew
 
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from megavid.cli import parse_args
 from megavid.config import ConfigError, load_config
 from megavid.config.preflight import LayoutError, resolve_backend, resolve_layout
-from tests.conftest import REPO, subprocess_env
 
 
 def cfg(**overrides):
@@ -82,10 +78,8 @@ def test_cli_aliases_reach_the_same_fields():
     assert short == long and short.parallel.sequence_parallel
 
 
-def test_entry_point_fails_fast_with_one_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "megavid.pretrain", "--preset", "tiny", "--tp", "3"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+def test_entry_point_fails_fast_with_one_line(launch):
+    proc = launch.run("-m", "megavid.pretrain", "--preset", "tiny", "--tp", "3", timeout=120)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert errors == ["megavid: error: world size 1 is not divisible by --tp 3 x --pp 1 = 3; "

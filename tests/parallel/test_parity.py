@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_pretrain
-
 COMMON = ("--preset", "tiny", "--set", "data.mock=true", "--set", "model.norm_pix_loss=true",
           "--set", "log.tensorboard=false",
           "--set", "log.plot=false", "--train-iters", "3", "--lr-warmup-iters", "1",
@@ -28,14 +26,15 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return run_pretrain(tmp_path_factory.mktemp("single"), 1, *COMMON)
+def reference(tmp_path_factory, shared_launch):
+    return shared_launch.pretrain(tmp_path_factory.mktemp("single"), 1, *COMMON)
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
-def test_layout_matches_single_process(name, reference, tmp_path):
+@pytest.mark.parametrize("name", [  # 4 ranks on 2 cores: 30-31 s
+    pytest.param(name, marks=pytest.mark.slow) if LAYOUTS[name][0] > 2 else name for name in LAYOUTS])
+def test_layout_matches_single_process(name, reference, tmp_path, launch):
     nproc, flags = LAYOUTS[name]
-    metrics = run_pretrain(tmp_path, nproc, *COMMON, *flags)
+    metrics = launch.pretrain(tmp_path, nproc, *COMMON, *flags)
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for ref, got in zip(reference, metrics):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5), (name, ref["step"])

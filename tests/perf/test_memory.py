@@ -11,12 +11,8 @@ process so no earlier model's storages are freed (or kept) mid-measurement.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-from tests.conftest import REPO, free_port, subprocess_env
 
 TOLERANCE = 0.15
 
@@ -82,11 +78,9 @@ print(json.dumps({"state": state, "activations": sum(saved.values()),
 '''
 
 
-def _measure(preset: str, batch: int, precision: str) -> dict:
-    env = {**subprocess_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, preset, str(batch), precision],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+def _measure(launch, preset: str, batch: int, precision: str) -> dict:
+    proc = launch.run("-c", _MEASURE, preset, str(batch), precision,
+                      env={"OMP_NUM_THREADS": "2"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -94,8 +88,8 @@ def _measure(preset: str, batch: int, precision: str) -> dict:
 @pytest.mark.parametrize("preset,batch,precision", [
     ("tiny", 2, "fp32"), ("tiny", 2, "bf16"), ("4ds-s", 1, "fp32"),
 ])
-def test_predicted_memory_within_15_percent(preset, batch, precision):
-    m = _measure(preset, batch, precision)
+def test_predicted_memory_within_15_percent(preset, batch, precision, launch):
+    m = _measure(launch, preset, batch, precision)
     measured = m["state"] + m["activations"]
     predicted = m["pred_state"] + m["pred_activations"]
     report = {k: f"{m['pred_' + k] / m[k] - 1:+.1%}" for k in ("state", "activations")}

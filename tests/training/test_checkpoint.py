@@ -7,14 +7,11 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-
-from tests.conftest import REPO, free_port, run_pretrain, subprocess_env
 
 TINY = ("--preset", "tiny", "--set", "model.norm_pix_loss=true", "--set", "log.tensorboard=false",
         "--set", "log.plot=false", "--lr-warmup-iters", "1", "--mask-ratio", "0.8",
@@ -26,35 +23,16 @@ def metrics(log_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def pretrain_cmd(log_dir: Path, *args: str, nproc: int = 1) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, "-m", "megavid.pretrain", "--log-dir", str(log_dir), *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-            "--master-port", str(free_port()), "-m", "megavid.pretrain",
-            "--log-dir", str(log_dir), *args]
+def pretrain_args(log_dir: Path, *args: str) -> tuple[str, ...]:
+    return ("-m", "megavid.pretrain", "--log-dir", str(log_dir), *args)
 
 
-def run(log_dir: Path, *args: str, nproc: int = 1, env=None) -> subprocess.CompletedProcess:
-    """Run to completion; output through files, and the process group reaped afterwards.
-
-    A SIGKILLed trainer can leave dist_checkpointing's writer helpers behind, holding
-    inherited pipes open; files and a session of its own keep the test from waiting on them.
-    """
+def run(launch, log_dir: Path, *args: str, nproc: int = 1,
+        env=None) -> subprocess.CompletedProcess:
+    """Run to completion (torchrun for more than one process); output through files."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = log_dir.parent / f"{log_dir.name}.out", log_dir.parent / f"{log_dir.name}.err"
-    with out_path.open("w") as out, err_path.open("w") as err:
-        proc = subprocess.Popen(pretrain_cmd(log_dir, *args, nproc=nproc), cwd=REPO,
-                                env=env or subprocess_env(), stdout=out, stderr=err,
-                                start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=300)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    return subprocess.CompletedProcess(proc.args, returncode, out_path.read_text(),
-                                       err_path.read_text())
+    return launch.run(*pretrain_args(log_dir, *args), nproc=None if nproc == 1 else nproc,
+                      env=env)
 
 
 def wait_for(predicate, timeout: float = 120.0, what: str = "condition") -> None:
@@ -70,23 +48,23 @@ def latest(save: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def test_exact_resume_after_sigkill_including_data_order(tmp_path):
+@pytest.mark.slow  # 34-39 s on 2 cores: three runs of 12 steps on encoded clips
+def test_exact_resume_after_sigkill_including_data_order(tmp_path, launch):
     """12 steps uninterrupted == killed (SIGKILL) after a checkpoint and resumed, bit for bit."""
     video = ("--set", f"data.cache_dir={tmp_path / 'clips'}", "--train-iters", "12")
-    proc = run(tmp_path / "full", *TINY, *video)
+    proc = run(launch, tmp_path / "full", *TINY, *video)
     assert proc.returncode == 0, proc.stderr[-3000:]
     full = metrics(tmp_path / "full")
     save = tmp_path / "save"
-    killed = subprocess.Popen(pretrain_cmd(tmp_path / "a", *TINY, *video, "--save", str(save),
-                                           "--save-interval", "3"),
-                              cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    killed = launch.start(*pretrain_args(tmp_path / "a", *TINY, *video, "--save", str(save),
+                                         "--save-interval", "3"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: latest(save) is not None or killed.poll() is not None, what="first save")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     resumed_from = int(latest(save).split("_")[1])
     assert resumed_from < 12, "the kill came too late to test anything"
-    proc = run(tmp_path / "b", *TINY, *video, "--load", str(save))
+    proc = run(launch, tmp_path / "b", *TINY, *video, "--load", str(save))
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics_of = metrics(tmp_path / "b")
     assert [m["step"] for m in metrics_of] == list(range(resumed_from + 1, 13))
@@ -95,35 +73,37 @@ def test_exact_resume_after_sigkill_including_data_order(tmp_path):
         assert (got["loss"], got["grad_norm"]) == (want["loss"], want["grad_norm"]), got["step"]
 
 
-def test_reshard_tp2_pp2_to_tp1_pp1_and_tp1_pp2(tmp_path):
+@pytest.mark.slow  # 72-95 s on 2 cores: four launches, of 4, 1 and 2 ranks, and one more
+def test_reshard_tp2_pp2_to_tp1_pp1_and_tp1_pp2(tmp_path, launch):
     save = tmp_path / "save"
     args = (*TINY, *MOCK, "--train-iters", "3")
-    reference = run_pretrain(tmp_path / "ref", 4, *args, "--tp", "2", "--pp", "2", "--sp",
-                             "--use-distributed-optimizer", "--save", str(save),
-                             "--save-interval", "2")
+    reference = launch.pretrain(tmp_path / "ref", 4, *args, "--tp", "2", "--pp", "2", "--sp",
+                                "--use-distributed-optimizer", "--save", str(save),
+                                "--save-interval", "2")
     assert latest(save) == "iter_0000003"
     # load the step-2 checkpoint in other layouts and take step 3 there
     step2 = str(save / "iter_0000002")
     for nproc, flags in ((1, ()), (2, ("--pp", "2"))):
-        rows = run_pretrain(tmp_path / f"re{nproc}", nproc, *args, "--load", step2,
-                            "--use-distributed-optimizer", *flags)
+        rows = launch.pretrain(tmp_path / f"re{nproc}", nproc, *args, "--load", step2,
+                               "--use-distributed-optimizer", *flags)
         assert [r["step"] for r in rows] == [3]
         assert rows[0]["loss"] == pytest.approx(reference[2]["loss"], rel=1e-6, abs=0)
         assert rows[0]["grad_norm"] == pytest.approx(reference[2]["grad_norm"], rel=1e-5)
-    proc = run(tmp_path / "mixed", *args, "--load", step2)
+    proc = run(launch, tmp_path / "mixed", *args, "--load", step2)
     assert proc.returncode == 2 and "saved with --use-distributed-optimizer" in proc.stderr
 
 
-def test_save_killed_before_commit_resumes_from_previous(tmp_path):
+@pytest.mark.slow  # 35-49 s on 2 cores: three runs
+def test_save_killed_before_commit_resumes_from_previous(tmp_path, launch):
     save = tmp_path / "save"
-    env = {**subprocess_env(), "MEGAVID_FAULT_INJECT": "kill_before_commit:4"}
-    proc = run(tmp_path / "a", *TINY, *MOCK, "--train-iters", "6", "--save", str(save),
+    env = {"MEGAVID_FAULT_INJECT": "kill_before_commit:4"}
+    proc = run(launch, tmp_path / "a", *TINY, *MOCK, "--train-iters", "6", "--save", str(save),
                "--save-interval", "2", env=env)
     assert proc.returncode == -signal.SIGKILL
     assert latest(save) == "iter_0000002"
     assert (save / "iter_0000004.partial").is_dir() and not (save / "iter_0000004").exists()
-    full = run_pretrain(tmp_path / "full", 1, *TINY, *MOCK, "--train-iters", "6")
-    proc = run(tmp_path / "b", *TINY, *MOCK, "--train-iters", "6", "--load", str(save),
+    full = launch.pretrain(tmp_path / "full", 1, *TINY, *MOCK, "--train-iters", "6")
+    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "6", "--load", str(save),
                "--save", str(save), "--save-interval", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = metrics(tmp_path / "b")
@@ -131,24 +111,23 @@ def test_save_killed_before_commit_resumes_from_previous(tmp_path):
     assert latest(save) == "iter_0000006" and not list(save.glob("*.partial"))
 
 
-def test_async_save_commits_and_resumes_exactly(tmp_path):
+def test_async_save_commits_and_resumes_exactly(tmp_path, launch):
     save = tmp_path / "save"
-    full = run_pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "6", "--save",
-                        str(save), "--save-interval", "2", "--async-save")
+    full = launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "6", "--save",
+                           str(save), "--save-interval", "2", "--async-save")
     assert latest(save) == "iter_0000006" and (save / "iter_0000002").is_dir()
-    resumed = run_pretrain(tmp_path / "b", 1, *TINY, *MOCK, "--train-iters", "6",
-                           "--load", str(save / "iter_0000002"))
+    resumed = launch.pretrain(tmp_path / "b", 1, *TINY, *MOCK, "--train-iters", "6",
+                              "--load", str(save / "iter_0000002"))
     assert [m["loss"] for m in resumed] == [m["loss"] for m in full[2:]]
 
 
-def test_sigterm_on_one_rank_stops_all_ranks_cleanly(tmp_path):
+@pytest.mark.slow  # 31-37 s on 2 cores: 2 ranks until signalled, and a resume
+def test_sigterm_on_one_rank_stops_all_ranks_cleanly(tmp_path, launch):
     save = tmp_path / "save"
     log_dir = tmp_path / "run"
-    launcher = subprocess.Popen(
-        pretrain_cmd(log_dir, *TINY, *MOCK, "--train-iters", "100000", "--save", str(save),
-                     nproc=2),
-        cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+    launcher = launch.start(
+        *pretrain_args(log_dir, *TINY, *MOCK, "--train-iters", "100000", "--save", str(save)),
+        nproc=2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics_file = log_dir / "metrics.jsonl"
     wait_for(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 3,
              what="three steps")
@@ -163,25 +142,26 @@ def test_sigterm_on_one_rank_stops_all_ranks_cleanly(tmp_path):
     assert "received SIGTERM" in output
     last_step = metrics(log_dir)[-1]["step"]
     assert latest(save) == f"iter_{last_step:07d}"
-    proc = run(tmp_path / "b", *TINY, *MOCK, "--train-iters", str(last_step + 2), "--load",
+    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", str(last_step + 2), "--load",
                str(save))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [m["step"] for m in metrics(tmp_path / "b")] == [last_step + 1, last_step + 2]
 
 
-def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
-    proc = run(tmp_path / "one", *TINY, *MOCK, "--train-iters", "4",
+@pytest.mark.slow  # 33-52 s on 2 cores: three runs, one saving every step
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, launch):
+    proc = run(launch, tmp_path / "one", *TINY, *MOCK, "--train-iters", "4",
                "--set", "train.inject_nan_steps=[2]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = metrics(tmp_path / "one")
     assert [r["skipped"] for r in rows] == [False, True, False, False]
-    clean = run_pretrain(tmp_path / "clean", 1, *TINY, *MOCK, "--train-iters", "4")
+    clean = launch.pretrain(tmp_path / "clean", 1, *TINY, *MOCK, "--train-iters", "4")
     # a skipped step changes nothing: step 3 sees the parameters step 2 started from,
     # and only the data moved on
     assert rows[2]["loss"] != clean[2]["loss"] and rows[0]["loss"] == clean[0]["loss"]
 
     save = tmp_path / "save"
-    proc = run(tmp_path / "many", *TINY, *MOCK, "--train-iters", "10", "--save", str(save),
+    proc = run(launch, tmp_path / "many", *TINY, *MOCK, "--train-iters", "10", "--save", str(save),
                "--save-interval", "1", "--set", "train.inject_nan_steps=[2,3,4]",
                "--set", "train.max_consecutive_skips=3")
     assert proc.returncode == 1
@@ -189,17 +169,18 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     assert latest(save) == "iter_0000001"
 
 
-def test_damaged_checkpoint_is_named_and_fallback_loads_previous(tmp_path):
+@pytest.mark.slow  # 40-52 s on 2 cores: three runs
+def test_damaged_checkpoint_is_named_and_fallback_loads_previous(tmp_path, launch):
     save = tmp_path / "save"
-    run_pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "4", "--save", str(save),
-                 "--save-interval", "2")
+    launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "4", "--save", str(save),
+                    "--save-interval", "2")
     shard = next((save / "iter_0000004").glob("*.distcp"))
     shard.unlink()
-    proc = run(tmp_path / "b", *TINY, *MOCK, "--train-iters", "6", "--load", str(save),
+    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "6", "--load", str(save),
                "--set", "checkpoint.load_fallback=false")
     assert proc.returncode == 2
     assert f"iter_0000004: damaged checkpoint: {shard.name} is missing" in proc.stderr
-    proc = run(tmp_path / "c", *TINY, *MOCK, "--train-iters", "6", "--load", str(save))
+    proc = run(launch, tmp_path / "c", *TINY, *MOCK, "--train-iters", "6", "--load", str(save))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped damaged checkpoint" in proc.stdout
     assert [m["step"] for m in metrics(tmp_path / "c")] == [3, 4, 5, 6]
@@ -210,23 +191,23 @@ class _Exploit:
         return (os.system, ("touch /tmp/megavid-pwned",))
 
 
-def test_loading_never_unpickles_arbitrary_objects(tmp_path):
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, launch):
     save = tmp_path / "save"
-    run_pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
+    launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
     common = save / "iter_0000002" / "common.pt"
     common.write_bytes(pickle.dumps({"common": _Exploit()}))
     from megavid.training.checkpoint_dirs import write_manifest
     write_manifest(save / "iter_0000002", 2)  # a consistent but malicious checkpoint
-    proc = run(tmp_path / "b", *TINY, *MOCK, "--train-iters", "3", "--load", str(save))
+    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "3", "--load", str(save))
     assert proc.returncode == 2
     assert not Path("/tmp/megavid-pwned").exists()
     assert "common.pt holds objects that are not plain data; refusing to unpickle" in proc.stderr
 
 
-def test_shape_mismatch_names_the_tensor(tmp_path):
+def test_shape_mismatch_names_the_tensor(tmp_path, launch):
     save = tmp_path / "save"
-    run_pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
-    proc = run(tmp_path / "b", *TINY, *MOCK, "--train-iters", "3", "--load", str(save),
+    launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
+    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "3", "--load", str(save),
                "--set", "model.arch={hidden_size: 128}")
     assert proc.returncode == 2
     assert ("Global shape mismatch for loaded (torch.Size([64, 64])) and expected ((64, 128)) "

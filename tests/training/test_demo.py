@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from megavid.cli import DEMO_CONFIG, parse_args
 from megavid.config import load_config
 from megavid.config.preflight import resolve_layout
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO
 
 
-def test_demo_trains_with_falling_loss(tmp_path):
+def test_demo_trains_with_falling_loss(tmp_path, launch):
     log_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "megavid.pretrain", "--log-dir", str(log_dir),
-         "--set", f"data.cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    proc = launch.run("-m", "megavid.pretrain", "--log-dir", str(log_dir),
+                      "--set", f"data.cache_dir={tmp_path / 'cache'}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 51))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_pretrain
-
 pytest.importorskip("triton")
 
 ARGS = ("--preset", "tiny", "--set", "data.mock=true", "--set", "model.norm_pix_loss=true",
@@ -13,10 +11,10 @@ ARGS = ("--preset", "tiny", "--set", "data.mock=true", "--set", "model.norm_pix_
         "--lr-warmup-iters", "1", "--mask-ratio", "0.8")
 
 
-def test_triton_kernels_train_like_the_reference(tmp_path):
-    torch_rows = run_pretrain(tmp_path / "torch", 1, *ARGS, "--set", "model.kernels=torch")
-    triton_rows = run_pretrain(tmp_path / "triton", 1, *ARGS, "--set", "model.kernels=triton",
-                               env={"TRITON_INTERPRET": "1"})
+def test_triton_kernels_train_like_the_reference(tmp_path, launch):
+    torch_rows = launch.pretrain(tmp_path / "torch", 1, *ARGS, "--set", "model.kernels=torch")
+    triton_rows = launch.pretrain(tmp_path / "triton", 1, *ARGS, "--set", "model.kernels=triton",
+                                  env={"TRITON_INTERPRET": "1"})
     for ref, got in zip(torch_rows, triton_rows):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-6)
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)

@@ -3,12 +3,7 @@ installed: a training run with synchronous and asynchronous saves, and its resum
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-
-from tests.conftest import REPO
 
 TINY = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard=false",
         "--set", "log.plot=false", "--lr-warmup-iters", "1", "--mask-ratio", "0.8",
@@ -16,20 +11,18 @@ TINY = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard
 NOTICE = re.compile(r"deprecat|Rewrapping ModuleSpec", re.IGNORECASE)
 
 
-def run_with_warnings(log_dir, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # show every warning
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "megavid.pretrain", "--log-dir", str(log_dir), *TINY, *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+def run_with_warnings(launch, log_dir, *args: str) -> str:
+    proc = launch.run("-m", "megavid.pretrain", "--log-dir", str(log_dir), *TINY, *args,
+                      env={"PYTHONWARNINGS": None}, timeout=300)  # show every warning
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout + proc.stderr
 
 
-def test_training_saving_and_resuming_print_no_deprecation_notice(tmp_path):
+def test_training_saving_and_resuming_print_no_deprecation_notice(tmp_path, launch):
     save = tmp_path / "save"
-    out = run_with_warnings(tmp_path / "a", "--train-iters", "4", "--save", str(save),
+    out = run_with_warnings(launch, tmp_path / "a", "--train-iters", "4", "--save", str(save),
                             "--save-interval", "2", "--async-save")
-    out += run_with_warnings(tmp_path / "b", "--train-iters", "5", "--load", str(save),
+    out += run_with_warnings(launch, tmp_path / "b", "--train-iters", "5", "--load", str(save),
                              "--save", str(tmp_path / "save_b"), "--save-interval", "5")
     notices = sorted({line.strip() for line in out.splitlines() if NOTICE.search(line)})
     assert not notices, "\n".join(notices)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, subprocess_env
 from tests.interop.helpers import make_fourds_npz
 
 OTHER = os.environ.get("MEGAVID_OTHER_MCORE_PYTHON")
@@ -29,43 +28,42 @@ TINY = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard
 _VERSION = "import importlib.metadata as m; print(m.version('megatron-core'))"
 
 
-def mcore_version(python: str) -> str:
-    return subprocess.run([python, "-c", _VERSION], capture_output=True, text=True,
-                          check=True).stdout.strip()
+def mcore_version(launch, python: str) -> str:
+    return launch.run("-c", _VERSION, python=python, check=True).stdout.strip()
 
 
-def run(python: str, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([python, *args], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
+def run(launch, python: str, *args: str) -> subprocess.CompletedProcess:
+    proc = launch.run(*args, python=python, timeout=300)
     assert proc.returncode == 0, f"{python} {' '.join(args)}\n{proc.stderr[-4000:]}"
     return proc
 
 
-def pretrain(python: str, log_dir: Path, *args: str) -> list[tuple]:
-    run(python, "-m", "megavid.pretrain", "--log-dir", str(log_dir), *TINY, *args)
+def pretrain(launch, python: str, log_dir: Path, *args: str) -> list[tuple]:
+    run(launch, python, "-m", "megavid.pretrain", "--log-dir", str(log_dir), *TINY, *args)
     rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"], r["grad_norm"]) for r in rows]
 
 
-def test_the_two_pythons_differ_in_megatron_core():
-    assert mcore_version(OTHER) != mcore_version(sys.executable)
+def test_the_two_pythons_differ_in_megatron_core(launch):
+    assert mcore_version(launch, OTHER) != mcore_version(launch, sys.executable)
 
 
 @pytest.mark.parametrize("direction", ["other_to_this", "this_to_other"])
-def test_training_checkpoint_resumes_bit_identically_across_versions(tmp_path, direction):
+def test_training_checkpoint_resumes_bit_identically_across_versions(tmp_path, direction,
+                                                                     launch):
     """Saved at step 3 by one megatron-core, resumed by the other: steps 4-6 equal the
     uninterrupted run's losses and grad norms bit for bit (same math on both)."""
     saver, resumer = (OTHER, sys.executable) if direction == "other_to_this" else (
         sys.executable, OTHER)
     save = tmp_path / "save"
-    full = pretrain(saver, tmp_path / "full", "--train-iters", "6", "--save", str(save),
+    full = pretrain(launch, saver, tmp_path / "full", "--train-iters", "6", "--save", str(save),
                     "--save-interval", "3")
-    resumed = pretrain(resumer, tmp_path / "resumed", "--train-iters", "6",
+    resumed = pretrain(launch, resumer, tmp_path / "resumed", "--train-iters", "6",
                        "--load", str(save / "iter_0000003"))
     assert resumed == full[3:]
 
 
-def test_weights_only_checkpoint_loads_either_way(tmp_path):
+def test_weights_only_checkpoint_loads_either_way(tmp_path, launch):
     """A converted (weights-only) checkpoint written by either version gives the same
     features under the other as the source file does."""
     npz = make_fourds_npz(tmp_path / "model.npz", layers=2)
@@ -77,12 +75,12 @@ def test_weights_only_checkpoint_loads_either_way(tmp_path):
     features = {}
     for name, writer, reader in (("a", OTHER, sys.executable), ("b", sys.executable, OTHER)):
         ckpt = tmp_path / f"ckpt_{name}"
-        run(writer, "-m", "megavid.tools.convert", "--from", "4ds-npz", "--to", "megavid",
+        run(launch, writer, "-m", "megavid.tools.convert", "--from", "4ds-npz", "--to", "megavid",
             str(npz), str(ckpt))
-        run(reader, "-c", script, str(ckpt), str(tmp_path / "video.pt"),
+        run(launch, reader, "-c", script, str(ckpt), str(tmp_path / "video.pt"),
             str(tmp_path / f"{name}.pt"))
         features[name] = torch.load(tmp_path / f"{name}.pt")
-    run(sys.executable, "-c", script, str(npz), str(tmp_path / "video.pt"),
+    run(launch, sys.executable, "-c", script, str(npz), str(tmp_path / "video.pt"),
         str(tmp_path / "npz.pt"))
     reference = torch.load(tmp_path / "npz.pt")
     assert torch.equal(features["a"], reference)

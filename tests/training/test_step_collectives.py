@@ -10,13 +10,9 @@ are no device syncs and are left out.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
-
-from tests.conftest import REPO, free_port, subprocess_env
 
 HOST_SIDE = ("megavid.data.", "megavid.models.masking")  # CPU tensors of the input pipeline
 LAYOUTS = {
@@ -26,14 +22,10 @@ LAYOUTS = {
 }
 
 
-def step_counts(tmp_path, overrides: list[str]) -> dict[int, Counter]:
+def step_counts(launch, tmp_path, overrides: list[str]) -> dict[int, Counter]:
     out = tmp_path / "counts.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(free_port()), "-m", "tests.training.step_collectives_worker",
-           str(out), *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch.run("-m", "tests.training.step_collectives_worker", str(out), *overrides, nproc=2,
+               check=True)
     return {int(step): Counter(c) for step, c in json.loads(out.read_text()).items()}
 
 
@@ -43,8 +35,8 @@ def megavid_own(counts: Counter, kind: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_one_collective_and_one_host_read_per_step(tmp_path, layout):
-    counts = step_counts(tmp_path, LAYOUTS[layout])
+def test_one_collective_and_one_host_read_per_step(launch, tmp_path, layout):
+    counts = step_counts(launch, tmp_path, LAYOUTS[layout])
     steady = [counts[step] for step in range(2, 6)]  # not the first step nor the last (a log step)
     for step in steady:
         assert megavid_own(step, "collective") == {

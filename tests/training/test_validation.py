@@ -11,8 +11,6 @@ import importlib.metadata
 import importlib.util
 import json
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,23 +25,21 @@ from megavid.kernels.reference import (
 from megavid.config.presets import get_preset
 from megavid.models.masking import make_masks
 from megavid.training.pictures import reconstruction_arrays
-from tests.conftest import REPO, run_pretrain, subprocess_env
 
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, shared_launch):
     """``python -m megavid.pretrain --train-iters 3`` (the demo config), warnings not hidden."""
     tmp = tmp_path_factory.mktemp("demo")
-    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONWARNINGS"}
     wandb = ["--wandb-project", "megavid-test", "--wandb-exp-name", "demo3"] if HAS_WANDB else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "megavid.pretrain", "--train-iters", "3", "--eval-interval", "2",
-         "--log-images-interval", "2", "--log-dir", str(tmp / "run"), "--save", str(tmp / "ck"),
-         "--set", f"data.cache_dir={tmp / 'cache'}", *wandb],
-        cwd=REPO, env={**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
-        capture_output=True, text=True, timeout=600)
+    proc = shared_launch.run(
+        "-m", "megavid.pretrain", "--train-iters", "3", "--eval-interval", "2",
+        "--log-images-interval", "2", "--log-dir", str(tmp / "run"), "--save", str(tmp / "ck"),
+        "--set", f"data.cache_dir={tmp / 'cache'}", *wandb,
+        env={"PYTHONWARNINGS": None, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+        timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     return tmp, proc, rows
@@ -125,12 +121,10 @@ def test_wandb_offline_run_holds_the_scalars(demo):
     assert config["model"]["preset"] == "demo" and config["train"]["train_iters"] == 3
 
 
-def test_visualize_error_is_the_model_loss(demo, tmp_path):
+def test_visualize_error_is_the_model_loss(demo, tmp_path, launch):
     ckpt = demo[0] / "ck"
-    proc = subprocess.run(
-        [sys.executable, "-m", "megavid.visualize", "--ckpt", str(ckpt), "--out", str(tmp_path),
-         "--num-clips", "2"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-        timeout=300)
+    proc = launch.run("-m", "megavid.visualize", "--ckpt", str(ckpt), "--out", str(tmp_path),
+                      "--num-clips", "2", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for i, line in enumerate(proc.stdout.strip().splitlines()):
         model_loss = float(line.split("MAE loss ")[1].split()[0])
@@ -175,10 +169,10 @@ EVAL = ("--set", "data.valid_fraction=0.5", "--eval-interval", "1", "--eval-iter
 
 
 @pytest.mark.slow
-def test_val_loss_same_on_tp2_pp2_and_one_process(tmp_path):
-    single = run_pretrain(tmp_path / "single", 1, *TINY, *EVAL)
-    plain = run_pretrain(tmp_path / "plain", 1, *TINY)
-    layout = run_pretrain(tmp_path / "tp2pp2", 4, *TINY, *EVAL, "--tp", "2", "--pp", "2", "--sp")
+def test_val_loss_same_on_tp2_pp2_and_one_process(tmp_path, launch):
+    single = launch.pretrain(tmp_path / "single", 1, *TINY, *EVAL)
+    plain = launch.pretrain(tmp_path / "plain", 1, *TINY)
+    layout = launch.pretrain(tmp_path / "tp2pp2", 4, *TINY, *EVAL, "--tp", "2", "--pp", "2", "--sp")
     assert [r["loss"] for r in single] == [r["loss"] for r in plain]  # eval leaves training alone
     vals = [r["val_loss"] for r in single]
     assert len(vals) == 3 and vals[2] < vals[0]
