@@ -5,7 +5,7 @@ excluded, as in the MFU definition of PaLM / Megatron: the encoder sees the
 K visible tubelets, the decoder all N. Backward costs twice the forward.
 
 What ``torch.utils.flop_counter.FlopCounterMode`` sees, checked by
-``tests/perf/test_flops.py`` on the tiny and demo models built through
+``tests/plan/test_flops.py`` on the tiny and demo models built through
 megavid: every ``mm``/``addmm`` (projections, MLP, tubelet embedding,
 decoder embedding, pixel head) and the two attention matmuls. The forward
 count matches ``mae_forward_flops`` exactly. Two caveats, both stated here
