@@ -33,6 +33,7 @@ _EXPECTED = {"depth": ("depth.png", "abs_rel"), "tracking": ("tracks.png", "aver
              "pose": ("poses.png", "epe"), "boxes": ("boxes.png", "mean_iou")}
 
 
+@pytest.mark.slow  # ~27 s: four readouts
 def test_every_task_end_to_end_and_features_are_cached_across_tasks(synthetic4d_dir, tmp_path,
                                                                      launch):
     cache = tmp_path / "features"
@@ -82,6 +83,7 @@ def test_encoder_split_by_tp_or_pp_gives_the_single_process_features(synthetic4d
         assert metrics[name]["abs_rel"] == pytest.approx(metrics["single"]["abs_rel"], rel=1e-3)
 
 
+@pytest.mark.slow  # ~23 s: convert, then evaluate
 def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path, launch):
     """Official key layout (random arrays) -> megavid checkpoint -> depth readout at 8x64x64."""
     from tests.interop.helpers import make_fourds_npz

@@ -88,6 +88,7 @@ def test_broken_npz_fails_naming_the_key(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # ~15 s: convert, then train
 def test_hf_model_continues_pretraining_with_k_bias_held_at_zero(tmp_path, launch):
     """HF VideoMAE -> megavid; training keeps the absent k bias at exactly 0; -> HF again."""
     transformers = pytest.importorskip("transformers")

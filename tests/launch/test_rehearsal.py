@@ -75,6 +75,7 @@ def test_srun_mode_one_task_per_gpu(tmp_path, reference, launch):
     assert_same_losses(metrics, reference)
 
 
+@pytest.mark.slow  # ~26 s with its reference run
 def test_torchrun_mode_one_agent_per_node(tmp_path, reference, launch):
     metrics, layouts = run_job(launch, tmp_path, "torchrun")
     check_groups(layouts)

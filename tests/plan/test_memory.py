@@ -86,7 +86,8 @@ def _measure(launch, preset: str, batch: int, precision: str) -> dict:
 
 
 @pytest.mark.parametrize("preset,batch,precision", [
-    ("tiny", 2, "fp32"), ("tiny", 2, "bf16"), ("4ds-s", 1, "fp32"),
+    ("tiny", 2, "fp32"), ("tiny", 2, "bf16"),
+    pytest.param("4ds-s", 1, "fp32", marks=pytest.mark.slow),  # ~22 s
 ])
 def test_predicted_memory_within_15_percent(preset, batch, precision, launch):
     m = _measure(launch, preset, batch, precision)

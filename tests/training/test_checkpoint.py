@@ -111,6 +111,7 @@ def test_save_killed_before_commit_resumes_from_previous(tmp_path, launch):
     assert latest(save) == "iter_0000006" and not list(save.glob("*.partial"))
 
 
+@pytest.mark.slow  # ~27 s: train, save and load again
 def test_async_save_commits_and_resumes_exactly(tmp_path, launch):
     save = tmp_path / "save"
     full = launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "6", "--save",
@@ -191,6 +192,7 @@ class _Exploit:
         return (os.system, ("touch /tmp/megavid-pwned",))
 
 
+@pytest.mark.slow  # ~27 s: train, save and load again
 def test_loading_never_unpickles_arbitrary_objects(tmp_path, launch):
     save = tmp_path / "save"
     launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
@@ -204,6 +206,7 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path, launch):
     assert "common.pt holds objects that are not plain data; refusing to unpickle" in proc.stderr
 
 
+@pytest.mark.slow  # ~27 s: train, save and load again
 def test_shape_mismatch_names_the_tensor(tmp_path, launch):
     save = tmp_path / "save"
     launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))

@@ -12,6 +12,7 @@ from megavid.config.preflight import resolve_layout
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # ~27 s: the 50-step demo
 def test_demo_trains_with_falling_loss(tmp_path, launch):
     log_dir = tmp_path / "run"
     proc = launch.run("-m", "megavid.pretrain", "--log-dir", str(log_dir),

@@ -11,6 +11,7 @@ ARGS = ("--preset", "tiny", "--set", "data.mock=true", "--set", "model.norm_pix_
         "--lr-warmup-iters", "1", "--mask-ratio", "0.8")
 
 
+@pytest.mark.slow  # ~32 s: two trainings, one in the Triton interpreter
 def test_triton_kernels_train_like_the_reference(tmp_path, launch):
     torch_rows = launch.pretrain(tmp_path / "torch", 1, *ARGS, "--set", "model.kernels=torch")
     triton_rows = launch.pretrain(tmp_path / "triton", 1, *ARGS, "--set", "model.kernels=triton",

@@ -3,6 +3,8 @@ installed: a training run with synchronous and asynchronous saves, and its resum
 
 from __future__ import annotations
 
+import pytest
+
 import re
 
 TINY = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard=false",
@@ -18,6 +20,7 @@ def run_with_warnings(launch, log_dir, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # ~32 s: train, save, resume
 def test_training_saving_and_resuming_print_no_deprecation_notice(tmp_path, launch):
     save = tmp_path / "save"
     out = run_with_warnings(launch, tmp_path / "a", "--train-iters", "4", "--save", str(save),

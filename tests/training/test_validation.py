@@ -45,6 +45,7 @@ def demo(tmp_path_factory, shared_launch):
     return tmp, proc, rows
 
 
+@pytest.mark.slow  # shares a ~25 s demo run (module fixture)
 def test_short_demo_runs_quietly(demo):
     tmp, proc, rows = demo
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -65,6 +66,7 @@ def test_short_demo_runs_quietly(demo):
     assert f"reconstruction: {picture}" in proc.stdout and picture.stat().st_size > 20_000
 
 
+@pytest.mark.slow  # shares a ~25 s demo run (module fixture)
 def test_val_loss_in_metrics_and_tensorboard(demo):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -97,6 +99,7 @@ def _wandb_records(path):
             yield record
 
 
+@pytest.mark.slow  # shares a ~25 s demo run (module fixture)
 @pytest.mark.skipif(not HAS_WANDB, reason="needs wandb (pip install 'megavid[wandb]')")
 def test_wandb_offline_run_holds_the_scalars(demo):
     tmp, _, rows = demo
@@ -121,6 +124,7 @@ def test_wandb_offline_run_holds_the_scalars(demo):
     assert config["model"]["preset"] == "demo" and config["train"]["train_iters"] == 3
 
 
+@pytest.mark.slow  # shares a ~25 s demo run (module fixture)
 def test_visualize_error_is_the_model_loss(demo, tmp_path, launch):
     ckpt = demo[0] / "ck"
     proc = launch.run("-m", "megavid.visualize", "--ckpt", str(ckpt), "--out", str(tmp_path),
