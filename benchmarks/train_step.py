@@ -28,9 +28,9 @@ import time
 
 import torch
 
-from megavid.config.presets import get_preset
+from megavid.config.presets import get_preset, num_visible
 from megavid.models.flops import mae_train_flops_per_clip
-from megavid.models.masking import make_masks, num_visible
+from megavid.models.masking import make_masks
 from megavid.parallel.devices import measured_cpu_tflops
 from megavid.tools.bench_results import write_results
 

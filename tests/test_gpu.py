@@ -8,6 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megavid.data.dali import AutoDecoder, DALIDecoder
+from megavid.data.decode import PyAVDecoder
+
 pytestmark = pytest.mark.gpu
 
 COMMON = ("--preset", "tiny", "--set", "data.mock=true", "--set", "model.norm_pix_loss=true",
@@ -94,8 +97,6 @@ def test_dali_gpu_decoder_matches_pyav(tmp_path, launch, codec):
     pytest.importorskip("nvidia.dali", reason="DALI not installed")
     import numpy as np
 
-    from megavid.data.dali import AutoDecoder, DALIDecoder
-    from megavid.data.decode import PyAVDecoder
     from tests.data.helpers import ramp_frames, write_video
 
     clip = write_video(tmp_path / f"clip.{'webm' if codec == 'vp9' else 'mp4'}",

@@ -172,6 +172,19 @@ def test_no_import_hides_inside_a_function():
     assert hidden == []
 
 
+def test_tests_import_megavid_at_the_top():
+    """Tests follow the same rule: an import of megavid inside a test hides what it exercises."""
+    hidden = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                hidden += [f"{path.relative_to(REPO)}:{node.lineno}" for node in ast.walk(fn)
+                           if isinstance(node, ast.ImportFrom) and (node.module or "")
+                           .startswith("megavid") or isinstance(node, ast.Import)
+                           and node.names[0].name.startswith("megavid")]
+    assert hidden == []
+
+
 def test_every_package_is_installed():
     """pyproject lists packages by hand (kernels/ maps to megavid.kernels): none forgotten."""
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]

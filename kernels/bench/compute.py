@@ -91,7 +91,6 @@ def _gemm_fp8(ctx: Context, te, rep: Report, label: str, width: int, mkn: tuple)
 
 
 def _sdpa_backends() -> dict:
-
     return {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from megavid.config import ConfigError, DataConfig
-from megavid.config.preflight import DALI_HINT as INSTALL_HINT
+from megavid.config.preflight import DALI_HINT
 from megavid.config.preflight import require_dali as _require_installed
 from megavid.data.decode import (
     DecodeError,
@@ -63,7 +63,6 @@ def dali_available() -> bool:
 
 
 def cuda_available() -> bool:
-
     return torch.cuda.is_available()
 
 
@@ -200,7 +199,7 @@ class AutoDecoder:
                                     num_threads=num_threads)
         chosen = ("DALI on GPU (mixed)" if self.dali and self.dali.device == "mixed" else
                   "DALI on CPU for VP8/VP9 files, PyAV for the rest" if self.dali else
-                  f"PyAV (DALI not installed: `{INSTALL_HINT}` for DALI decoding)")
+                  f"PyAV (DALI not installed: `{DALI_HINT}` for DALI decoding)")
         log.info("data.decoder=auto: decoding with %s", chosen)
 
     def _backend(self, path: Media):

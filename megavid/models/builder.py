@@ -15,10 +15,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megavid.config import ModelConfig, RunConfig, StageMap
 from megavid.config.preflight import check_model_split, resolve_backend
-from megavid.config.presets import ModelArch
+from megavid.config.presets import ModelArch, num_visible
 from megavid.models.layer_specs import get_layer_spec
 from megavid.models.mae import VideoMAEChunk
-from megavid.models.masking import num_visible
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from megavid.config.presets import ModelArch
-from megavid.models.masking import num_visible
+from megavid.config.presets import ModelArch, num_visible
 
 
 def transformer_layer_flops(tokens: int, width: int, ffn: int) -> int:

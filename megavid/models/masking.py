@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from megavid.config.presets import (
-    num_visible,  # the count is a definition; the draw is here
-)
+from megavid.config.presets import num_visible
 
 
 def _sample_generator(seed: int, index: int) -> torch.Generator:

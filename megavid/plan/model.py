@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megavid.config import StageMap
-from megavid.config.presets import ModelArch, _stack_parameters, count_parameters
-from megavid.models.masking import num_visible
+from megavid.config.presets import (
+    ModelArch,
+    _stack_parameters,
+    count_parameters,
+    num_visible,
+)
 
 GB = 1e9
 HEADROOM = 0.85  # usable share of HBM: CUDA context, NCCL buffers, allocator fragmentation

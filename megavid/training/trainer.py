@@ -17,12 +17,12 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megavid import faults
 from megavid.config import RunConfig, has_validation
 from megavid.config.preflight import preflight
+from megavid.config.presets import num_visible
 from megavid.data import build_train_loader
 from megavid.data.stats import DataStats
 from megavid.models.builder import build_model_chunks
 from megavid.models.flops import mae_train_flops_per_clip
 from megavid.models.initialization import initialize_chunk
-from megavid.models.masking import num_visible
 from megavid.parallel import runtime
 from megavid.parallel.devices import peak_tflops
 from megavid.training.agreement import sum_over_ranks

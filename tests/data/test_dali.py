@@ -11,7 +11,8 @@ import pytest
 from megavid.config import ConfigError
 from megavid.data import dali
 from megavid.data.dali import build_decoder
-from megavid.data.decode import DecodeError, UnsupportedCodec
+from megavid.data.decode import DecodeError, PyAVDecoder, UnsupportedCodec
+from megavid.data.frame_index import remux_segment
 from tests.data.helpers import (
     make_loader,
     moving_frames,
@@ -96,8 +97,6 @@ def test_segment_holds_only_the_packets_a_clip_needs(tmp_path):
     """What DALI-CPU is handed: keyframe before the clip .. its last frame, nothing else."""
     import io
 
-    from megavid.data.decode import PyAVDecoder
-    from megavid.data.frame_index import remux_segment
 
     clip = write_video(tmp_path / "long.webm", moving_frames(64, 48, 64), gop=8)
     index = PyAVDecoder().frame_index(clip)

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from megavid.config import ConfigError
+from megavid.data.dali import dali_available
 from megavid.data.dataset import clip_window
 from megavid.data.decode import VideoInfo
+from megavid.data.prepare import main as prepare
 from megavid.data.sources import Clip, list_clips
 from tests.data.helpers import (
     make_loader,
@@ -86,9 +88,7 @@ def test_missing_manifest_path_fails_at_start_up(clips_dir, tmp_path, suffix):
 
 
 def test_missing_shard_fails_at_start_up(clips_dir, tmp_path):
-    from megavid.data.prepare import main
-
-    main([str(clips_dir), str(tmp_path / "shards"), "--fps", "12", "--short-side", "48",
+    prepare([str(clips_dir), str(tmp_path / "shards"), "--fps", "12", "--short-side", "48",
           "--shard-size", "2", "--min-frames", "8"])
     assert len(list_clips(tmp_path / "shards")) == 4
     (tmp_path / "shards" / "shard-000001.tar").unlink()
@@ -154,6 +154,4 @@ def test_every_bad_kind_is_skipped_and_counted(tmp_path):
 
 
 def _have_dali() -> bool:
-    from megavid.data.dali import dali_available
-
     return dali_available()

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from megavid.eval import make_synthetic
+from megavid.eval.synthetic import generate_scene
+
 MITSUBA_REASON = "the synthetic 4D benchmark needs Mitsuba: pip install -e '.[eval]'"
 # 6 scenes (4 train, 2 test) of 8 frames at 64x64, the `tiny` preset's input: ~3 s on 2 cores.
 SMALL_SYNTHETIC = dict(num_scenes=6, frames=8, size=64, seed=0, test_fraction=0.34)
@@ -15,7 +18,6 @@ SMALL_SYNTHETIC = dict(num_scenes=6, frames=8, size=64, seed=0, test_fraction=0.
 def synthetic4d_dir(tmp_path_factory) -> Path:
     """A generated synthetic 4D folder (``train/``, ``test/``, ``synthetic4d.json``)."""
     pytest.importorskip("mitsuba", reason=MITSUBA_REASON)
-    from megavid.eval import make_synthetic
     return make_synthetic(tmp_path_factory.mktemp("synthetic4d") / "data", workers=1,
                           **SMALL_SYNTHETIC)
 
@@ -24,6 +26,5 @@ def synthetic4d_dir(tmp_path_factory) -> Path:
 def synthetic4d_scene() -> dict:
     """Scene 0 of ``SMALL_SYNTHETIC`` in memory, with its scene description (``spec``)."""
     pytest.importorskip("mitsuba", reason=MITSUBA_REASON)
-    from megavid.eval.synthetic import generate_scene
     settings = {k: SMALL_SYNTHETIC[k] for k in ("frames", "size", "seed")}
     return generate_scene(0, **settings)

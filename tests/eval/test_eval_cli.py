@@ -8,6 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from megavid.eval.__main__ import main
+
 # a readout small enough for seconds on a CPU; every task, a few steps
 _QUICK = ["--steps", "6", "--batch-size", "2", "--warmup", "2", "--readout-width", "32",
           "--readout-heads", "4", "--log-interval", "3", "--num-queries", "8"]
@@ -112,16 +114,12 @@ def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path, l
     (["--pp", "4"], "--tp 1 x --pp 4 does not divide the 1 processes"),
 ])
 def test_bad_flags_stop_with_the_flag_and_the_fix(args, flag, capsys):
-    from megavid.eval.__main__ import main
-
     assert main(["--task", "depth", "--preset", "tiny", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("megavid.eval: error: ") and flag in err
 
 
 def test_unknown_preset_and_missing_checkpoint_are_named(capsys, tmp_path):
-    from megavid.eval.__main__ import main
-
     assert main(["--task", "pose", "--preset", "4ds-xl"]) == 2
     assert "--preset 4ds-xl" in capsys.readouterr().err
     assert main(["--task", "pose", "--ckpt", str(tmp_path / "nothing")]) == 2

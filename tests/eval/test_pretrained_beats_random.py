@@ -24,6 +24,11 @@ import math
 
 import pytest
 
+from megavid.eval import make_synthetic
+from megavid.eval.run import EvalConfig, run_eval
+from megavid.eval.train import ReadoutConfig
+from megavid.parallel import runtime
+
 pytestmark = pytest.mark.slow
 
 SCENES = dict(num_scenes=64, frames=8, size=64, seed=7, test_fraction=0.25, spp=2)
@@ -40,10 +45,6 @@ JUDGED = {"depth": ("abs_rel", True), "tracking": ("average_jaccard", False)}
 def comparison(tmp_path_factory, shared_launch) -> dict:
     """{task: {"random": metrics, "pretrained": metrics}}, plus the MAE's loss curve."""
     pytest.importorskip("mitsuba", reason="the synthetic 4D benchmark needs Mitsuba")
-    from megavid.eval import make_synthetic
-    from megavid.eval.run import EvalConfig, run_eval
-    from megavid.eval.train import ReadoutConfig
-    from megavid.parallel import runtime
 
     tmp = tmp_path_factory.mktemp("acceptance")
     data = make_synthetic(tmp / "data", workers=2, **SCENES)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from megavid.eval import load_dataset, readers
+from megavid.eval.datasets import Clip4D, crop_resize
 
 RNG = np.random.default_rng(0)
 
@@ -179,7 +180,6 @@ def test_unknown_layouts_name_the_path_and_the_expected_layouts(tmp_path):
 
 
 def test_crop_resize_moves_every_label_with_the_pixels():
-    from megavid.eval.datasets import Clip4D, crop_resize
     k = np.tile(np.array([[10.0, 0, 6], [0, 10.0, 4], [0, 0, 1]], np.float32), (2, 1, 1))
     clip = Clip4D(name="c", video=np.zeros((2, 8, 12, 3), np.float32),
                   depth=np.arange(96, dtype=np.float32).reshape(8, 12)[None].repeat(2, 0),

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from megavid.eval import readout as R
 from megavid.eval.feature_cache import cached_features
+from megavid.eval.tasks import DepthTask, PoseTask, TrackingTask
 from megavid.eval.train import ReadoutConfig, batch_indices, train_readout
+from megavid.parallel import runtime
 
 B, T, GRID, D, SIZE = 2, 8, (4, 4, 4), 32, 32  # clip 8x32x32, features (4, 4, 4, 32)
 
@@ -92,8 +94,6 @@ def test_batch_indices_visit_every_clip_once_per_epoch():
 
 
 def test_task_losses_are_small_at_the_truth():
-    from megavid.eval.tasks import DepthTask, PoseTask
-
     depth = torch.rand(B, T, SIZE, SIZE) + 0.5
     depth[:, :, :2] = 0  # invalid rows
     assert DepthTask().loss(depth.clamp(min=1e-6).log(), {"depth": depth}) == 0
@@ -135,8 +135,6 @@ _STEPS, _GLOBAL_BATCH, _CLIPS = 4, 4, 6
 
 
 def _dp_problem():
-    from megavid.eval.tasks import TrackingTask
-
     gen = torch.Generator().manual_seed(1)
     feats = torch.randn(_CLIPS, *GRID, D, generator=gen)
     q = 5
@@ -162,7 +160,6 @@ def _dp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from megavid.parallel import runtime
 
     runtime.init_distributed(timeout_minutes=2)
     try:

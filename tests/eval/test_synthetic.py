@@ -14,7 +14,7 @@ from .conftest import MITSUBA_REASON, SMALL_SYNTHETIC
 pytest.importorskip("mitsuba", reason=MITSUBA_REASON)
 
 from megavid.eval.synthetic import render  # noqa: E402  (needs mitsuba)
-from megavid.eval.synthetic.labels import cast, pixel_ray, track_labels  # noqa: E402
+from megavid.eval.synthetic.labels import cast, pixel_ray, project, track_labels  # noqa: E402
 from megavid.eval.synthetic.scene import ROOM_HALF, ROOM_HEIGHT  # noqa: E402
 
 
@@ -107,7 +107,6 @@ def test_labels_survive_the_public_formats(synthetic4d_dir, synthetic4d_scene):
 
 
 def test_track_depth_matches_rendered_depth_where_visible(synthetic4d_scene):
-    from megavid.eval.synthetic.labels import project
     scene, spec = synthetic4d_scene, synthetic4d_scene["spec"]
     rel = []
     for t in range(len(spec.cam_to_world)):

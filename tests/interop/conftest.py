@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from megavid.parallel import runtime
+
 
 @pytest.fixture(scope="module")
 def single_process():
-    from megavid.parallel import runtime
-
     runtime.ensure_model_parallel("tests")
     yield
     runtime.shutdown()

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from megavid.inference import load_encoder
+from megavid.parallel import runtime
+
 DEPTHS = (0.4, 0.75, 1.0)
 
 
@@ -22,8 +25,6 @@ def main() -> None:
     parser.add_argument("--source", action="append", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    from megavid.inference import load_encoder
-    from megavid.parallel import runtime
 
     runtime.init_distributed()
     runtime.init_model_parallel(tp=args.tp, pp=args.pp, vpp=None)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from megavid.features import main as features_main
+from megavid.inference import load_encoder
+from megavid.models.fourds import split_qkv
+from megavid.models.layout_free import layout_free_state
+from megavid.parallel import runtime
 from megavid.tools.convert import main as convert_main
+from megavid.tools.convert import read_megavid
 from tests.interop.helpers import make_fourds_npz
 
 DECODER = ["--decoder", "decoder_hidden_size=16", "--decoder", "decoder_num_layers=2",
@@ -40,8 +46,6 @@ def test_help_shows_the_released_4ds_commands(launch):
 @pytest.mark.slow  # 36-43 s on 2 cores: three runs and two conversions
 def test_npz_to_megavid_trains_and_exports_back(tmp_path, launch):
     """npz -> megavid (CLI) -> pretrain --load (weights only, arch from the checkpoint) -> npz."""
-    from megavid.inference import load_encoder
-    from megavid.models.layout_free import layout_free_state
 
     npz = make_fourds_npz(tmp_path / "model.npz", layers=4)
     ckpt = tmp_path / "ckpt"
@@ -92,7 +96,6 @@ def test_broken_npz_fails_naming_the_key(tmp_path, capsys):
 def test_hf_model_continues_pretraining_with_k_bias_held_at_zero(tmp_path, launch):
     """HF VideoMAE -> megavid; training keeps the absent k bias at exactly 0; -> HF again."""
     transformers = pytest.importorskip("transformers")
-    from megavid.models.fourds import split_qkv
 
     torch.manual_seed(0)
     config = transformers.VideoMAEConfig(
@@ -122,9 +125,6 @@ def test_hf_model_continues_pretraining_with_k_bias_held_at_zero(tmp_path, launc
 
 
 def read_megavid_in_process(path):
-    from megavid.parallel import runtime
-    from megavid.tools.convert import read_megavid
-
     runtime.init_distributed()
     runtime.init_model_parallel(tp=1, pp=1, vpp=None)
     try:
@@ -136,8 +136,6 @@ def read_megavid_in_process(path):
 def test_features_cli_writes_the_encoder_features(tmp_path):
     import av
 
-    from megavid.features import main as features_main
-    from megavid.inference import load_encoder
 
     npz = make_fourds_npz(tmp_path / "model.npz", layers=2)
     frames = (np.random.default_rng(0).random((4, 24, 24, 3)) * 255).astype(np.uint8)

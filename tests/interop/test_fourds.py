@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from megavid.config import load_config
+from megavid.config.presets import get_preset
+from megavid.inference import load_encoder, source_arch
+from megavid.inference.encoder import Encoder
+from megavid.models import fourds
 from megavid.models.fourds import FormatError, read_npz, write_npz
+from megavid.models.layout_free import layout_free_state
+from megavid.tools.convert import convert
+from megavid.training.common_state import saved_arch
 from tests.interop.helpers import (
     fourds_reference_features,
     make_fourds_npz,
@@ -38,8 +46,6 @@ def test_npz_to_megavid_to_npz_is_bit_exact(npz, tmp_path):
 
 def test_megavid_to_npz_to_megavid_is_bit_exact(single_process, tmp_path):
     """A megavid model (random weights, 4DS options) survives the official layout bit for bit."""
-    from megavid.inference import load_encoder
-    from megavid.models.layout_free import layout_free_state
 
     encoder = load_encoder("tiny", seed=7, model={"gelu": "tanh"})
     state = layout_free_state([encoder.chunk])
@@ -56,7 +62,6 @@ def test_megavid_to_npz_to_megavid_is_bit_exact(single_process, tmp_path):
 
 def test_features_match_the_official_computation(single_process, npz):
     """Features at every depth vs a float64 reference written from the official code."""
-    from megavid.inference import load_encoder
 
     encoder = load_encoder(npz)
     video = torch.rand(2, 4, 24, 24, 3, generator=torch.Generator().manual_seed(0))
@@ -78,8 +83,6 @@ def test_features_match_the_official_computation(single_process, npz):
 def test_readout_depth_follows_the_official_indexing():
     from types import SimpleNamespace
 
-    from megavid.config.presets import get_preset
-    from megavid.inference.encoder import Encoder
 
     rule = Encoder(SimpleNamespace(arch=get_preset("4ds-b")), model_cfg=None)
     # 0.95 of 4DS-B's 12 blocks: entry 11 of [tokens, in_0, ..., in_11] = output of block 10
@@ -91,8 +94,6 @@ def test_readout_depth_follows_the_official_indexing():
 
 
 def test_depth_checkpoint_nests_the_encoder(single_process, tmp_path, npz):
-    from megavid.inference import load_encoder
-
     nested = make_fourds_npz(tmp_path / "depth.npz", layers=4, depth_model=True)
     cfg_a, state_a = read_npz(npz)
     cfg_b, state_b = read_npz(nested)
@@ -103,8 +104,6 @@ def test_depth_checkpoint_nests_the_encoder(single_process, tmp_path, npz):
 
 def test_source_arch_is_what_load_encoder_builds_without_reading_weights(
         single_process, npz, monkeypatch):
-    from megavid.inference import load_encoder, source_arch
-    from megavid.models import fourds
 
     for source, size in ((npz, {}), ("tiny", {}), ("tiny", dict(num_frames=4, image_size=32))):
         assert source_arch(source, **size) == load_encoder(source, **size).arch, (source, size)
@@ -141,19 +140,12 @@ def test_bad_files_fail_naming_the_key(npz, tmp_path, change, message):
 
 
 def test_export_refuses_what_the_official_code_would_compute_differently(single_process, tmp_path):
-    from megavid.inference import load_encoder
-    from megavid.models.layout_free import layout_free_state
-
     encoder = load_encoder("tiny")  # exact GELU: megavid's default, not 4DS's
     with pytest.raises(FormatError, match="model.gelu='exact': the official 4DS encoder has 'tanh'"):
         write_npz(encoder.model_cfg, layout_free_state([encoder.chunk]), tmp_path / "x.npz")
 
 
 def test_load_restores_the_checkpoint_architecture_and_flags_win(single_process, npz, tmp_path):
-    from megavid.config import load_config
-    from megavid.tools.convert import convert
-    from megavid.training.common_state import saved_arch
-
     convert("4ds-npz", "megavid", npz, tmp_path / "ckpt",
             decoder={"decoder_hidden_size": 16, "decoder_num_attention_heads": 2})
     cfg = load_config(overrides={"checkpoint.load": str(tmp_path / "ckpt")},  # demo config

@@ -12,6 +12,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from megavid.config import RunConfig  # noqa: E402
+from megavid.inference import load_encoder, source_arch  # noqa: E402
+from megavid.models.builder import build_model_chunks  # noqa: E402
 from megavid.models.fourds import FormatError  # noqa: E402
 from megavid.models.hf_videomae import (  # noqa: E402
     model_config_from_hf,
@@ -21,7 +24,12 @@ from megavid.models.hf_videomae import (  # noqa: E402
     to_hf_model,
     write_hf,
 )
+from megavid.models.initialization import initialize_chunk  # noqa: E402
+from megavid.models.layout_free import layout_free_state, load_layout_free_state  # noqa: E402
 from megavid.models.mae import IMAGENET_MEAN, IMAGENET_STD, qkv_bias_mask  # noqa: E402
+from megavid.models.masking import make_masks  # noqa: E402
+from megavid.tools.convert import _run_config  # noqa: E402
+from megavid.training.step import make_forward_step  # noqa: E402
 
 SMALL = dict(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
              num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
@@ -44,10 +52,6 @@ def hf_model(cls="VideoMAEForPreTraining", seed=0, **overrides):
 
 
 def megavid_mae(model_cfg, state):
-    from megavid.models.builder import build_model_chunks
-    from megavid.models.layout_free import load_layout_free_state
-    from megavid.tools.convert import _run_config
-
     (chunk,) = build_model_chunks(_run_config(model_cfg, 1, 1))
     load_layout_free_state(chunk, state)
     return chunk.eval()
@@ -60,10 +64,6 @@ def hf_input(video):
 
 
 def test_encoder_features_and_mae_loss_match_hf(single_process, tmp_path):
-    from megavid.config import RunConfig
-    from megavid.inference import load_encoder, source_arch
-    from megavid.training.step import make_forward_step
-
     hf = hf_model()
     hf.save_pretrained(tmp_path / "hf")
     encoder = load_encoder(tmp_path / "hf")
@@ -85,7 +85,6 @@ def test_encoder_features_and_mae_loss_match_hf(single_process, tmp_path):
     with torch.no_grad():
         pred, loss_func = forward_step(iter([batch]), chunk)
         loss, _ = loss_func(pred)
-        from megavid.models.masking import make_masks
 
         ids_keep, mask = make_masks(batch["index"], grid=(2, 4, 4), mask_ratio=0.75,
                                     masking="random", seed=cfg.train.seed)
@@ -107,8 +106,6 @@ def test_encoder_features_and_mae_loss_match_hf(single_process, tmp_path):
 
 
 def test_videomae_model_with_mean_pooling_and_no_qv_bias(single_process, tmp_path):
-    from megavid.inference import load_encoder
-
     hf = hf_model("VideoMAEModel", seed=2, use_mean_pooling=True, qv_bias=False,
                   hidden_act="gelu_pytorch_tanh")
     hf.save_pretrained(tmp_path / "hf")
@@ -129,11 +126,6 @@ def test_videomae_model_with_mean_pooling_and_no_qv_bias(single_process, tmp_pat
 
 
 def test_megavid_to_hf_to_megavid_is_bit_exact(single_process, tmp_path):
-    from megavid.models.builder import build_model_chunks
-    from megavid.models.initialization import initialize_chunk
-    from megavid.models.layout_free import layout_free_state
-    from megavid.tools.convert import _run_config
-
     model_cfg = model_config_from_hf(transformers.VideoMAEConfig(**SMALL).to_dict())
     (chunk,) = build_model_chunks(_run_config(model_cfg, 1, 1))
     initialize_chunk(chunk, seed=5, std=0.02)
@@ -178,9 +170,6 @@ def test_bad_hf_weights_fail_naming_the_key():
 
 
 def test_export_refuses_a_model_hf_cannot_compute(single_process):
-    from megavid.inference import load_encoder
-    from megavid.models.layout_free import layout_free_state
-
     encoder = load_encoder("tiny")  # learned position table, no pixel normalisation
     with pytest.raises(FormatError, match="model.pos_embed='learned'"):
         state_to_hf(layout_free_state([encoder.chunk]), encoder.model_cfg)

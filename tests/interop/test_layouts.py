@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megavid.inference import load_encoder
 from megavid.training.common_state import read_common
 from tests.conftest import REPO
 from tests.interop.features_worker import DEPTHS
@@ -25,8 +26,6 @@ def rank_results(out, nproc: int) -> list[dict]:
 
 @pytest.mark.slow  # three launches of gloo processes: ~40 s of CPU on 2 cores
 def test_tp2_and_pp2_give_tp1_features(single_process, tmp_path, launch):
-    from megavid.inference import load_encoder
-
     npz = str(make_fourds_npz(tmp_path / "model.npz", layers=4))
     ckpt = tmp_path / "ckpt_tp2"
     # the converter CLI with --tp 2 starts its 2 processes itself

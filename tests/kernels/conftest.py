@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+from megavid.kernels import interpreter_loaded  # looks triton up, does not import it
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -23,7 +24,6 @@ def device() -> str:
     """Where the kernels run: the GPU, or the CPU through the interpreter."""
     if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
         return "cuda"
-    from megavid.kernels import interpreter_loaded
 
     if not interpreter_loaded():
         pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (megatron.core "

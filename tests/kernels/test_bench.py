@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from megavid.kernels.bench.cli import main
 
 from megavid.tools.bench_results import read_results
 
 
 @pytest.mark.parametrize("command", ["layernorm", "decode"])
 def test_quick_run_writes_results(command, tmp_path):
-    from megavid.kernels.bench.cli import main
-
     out = tmp_path / "bench.json"
     main([command, "--quick", "--device", "cpu", "--out", str(out)])
     obj = read_results(out)

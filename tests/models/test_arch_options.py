@@ -9,15 +9,18 @@ import torch
 
 from megavid.config import ConfigError, ModelConfig, RunConfig, load_config
 from megavid.config.presets import count_parameters
+from megavid.inference import load_encoder
+from megavid.models.builder import build_model_chunks
+from megavid.models.initialization import initialize_chunk
+from megavid.models.mae import qkv_bias_mask
+from megavid.models.masking import make_masks
 from megavid.models.posembed import resize_pos_embed, sincos_table
+from megavid.parallel import runtime
 
 
 @pytest.fixture(scope="module")
 def build():
     """Build tiny MAE chunks (TP=PP=1) with given ModelConfig fields, seeded."""
-    from megavid.models.builder import build_model_chunks
-    from megavid.models.initialization import initialize_chunk
-    from megavid.parallel import runtime
 
     runtime.ensure_model_parallel("tests")
 
@@ -65,9 +68,6 @@ def test_built_model_has_the_counted_parameters(build, fields):
 
 
 def test_qv_bias_keeps_k_at_exactly_zero_under_adam(build):
-    from megavid.models.mae import qkv_bias_mask
-    from megavid.models.masking import make_masks
-
     chunk = build(qkv_bias="qv")
     optimizer = torch.optim.Adam(chunk.parameters(), lr=1e-2)
     video = torch.rand(2, 8, 64, 64, 3)
@@ -121,8 +121,6 @@ def test_pos_embed_resize(method):
 
 
 def test_load_encoder_at_another_clip_size(build):
-    from megavid.inference import load_encoder
-
     encoder = load_encoder("tiny", num_frames=16, image_size=96)
     assert encoder.arch.grid == (8, 6, 6) and encoder.chunk.pos_embed.shape == (8 * 6 * 6, 64)
     assert encoder.features(torch.rand(1, 16, 96, 96, 3)).shape == (1, 8, 6, 6, 64)

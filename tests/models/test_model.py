@@ -13,8 +13,12 @@ from megavid.kernels.reference import (
     unpatchify,
 )
 
-from megavid.config.presets import count_parameters, get_preset
-from megavid.models.masking import make_masks, num_visible
+from megavid.config import load_config
+from megavid.config.presets import count_parameters, get_preset, num_visible
+from megavid.models.builder import build_model_chunks
+from megavid.models.initialization import initialize_chunk
+from megavid.models.masking import make_masks
+from megavid.parallel import runtime
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +26,6 @@ def single_process_model():
     """Build the tiny model through megatron-core in a one-rank gloo group."""
     import os
 
-    from megavid.config import load_config
-    from megavid.models.builder import build_model_chunks
-    from megavid.models.initialization import initialize_chunk
-    from megavid.parallel import runtime
     from tests.conftest import free_port
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))

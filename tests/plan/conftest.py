@@ -7,13 +7,17 @@ import os
 import pytest
 import torch
 
+from megavid.config import load_config
+from megavid.models.builder import build_model_chunks
+from megavid.models.initialization import initialize_chunk
+from megavid.models.masking import make_masks
+from megavid.parallel import runtime
 from tests.conftest import free_port
 
 
 @pytest.fixture(scope="package")
 def one_rank():
     """Initialise megatron-core's parallel state once for tp=pp=1."""
-    from megavid.parallel import runtime
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     runtime.init_distributed()
@@ -25,11 +29,6 @@ def one_rank():
 @pytest.fixture()
 def build_chunk(one_rank):
     """build(preset, mask_ratio) -> (cfg, arch, chunk, video_and_masks(batch))."""
-    from megavid.config import load_config
-    from megavid.models.builder import build_model_chunks
-    from megavid.models.initialization import initialize_chunk
-    from megavid.models.masking import make_masks
-    from megavid.parallel import runtime
 
     def build(preset: str, mask_ratio: float = 0.75, **overrides):
         runtime.set_seed(3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
+from megavid.config.presets import PRESETS
 from megavid.models.flops import (
     cpu_sdpa_flop_mapping,
     mae_forward_flops,
@@ -64,7 +65,6 @@ def test_without_the_cpu_sdpa_mapping_the_counter_misses_attention(build_chunk):
 
 def test_pixel_gradient_is_negligible_for_4ds_presets():
     """The 3x convention is within 0.2% of what is computed for every 4DS size."""
-    from megavid.config.presets import PRESETS
 
     for name, arch in PRESETS.items():
         if not name.startswith("4ds"):

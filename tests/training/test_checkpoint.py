@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from megavid.training.checkpoint_dirs import write_manifest
+
 TINY = ("--preset", "tiny", "--set", "model.norm_pix_loss=true", "--set", "log.tensorboard=false",
         "--set", "log.plot=false", "--lr-warmup-iters", "1", "--mask-ratio", "0.8",
         "--global-batch-size", "8", "--micro-batch-size", "2")
@@ -198,7 +200,6 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path, launch):
     launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
     common = save / "iter_0000002" / "common.pt"
     common.write_bytes(pickle.dumps({"common": _Exploit()}))
-    from megavid.training.checkpoint_dirs import write_manifest
     write_manifest(save / "iter_0000002", 2)  # a consistent but malicious checkpoint
     proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "3", "--load", str(save))
     assert proc.returncode == 2

@@ -3,9 +3,9 @@ installed: a training run with synchronous and asynchronous saves, and its resum
 
 from __future__ import annotations
 
-import pytest
-
 import re
+
+import pytest
 
 TINY = ("--preset", "tiny", "--set", "data.mock=true", "--set", "log.tensorboard=false",
         "--set", "log.plot=false", "--lr-warmup-iters", "1", "--mask-ratio", "0.8",
