@@ -12,8 +12,7 @@ import torch
 
 import megavid.kernels as kernels
 from megavid.config import RunConfig
-from megavid.config.preflight import resolve_backend, transformer_engine_usable
-from megavid.data import dali
+from megavid.config.preflight import Machine, resolve_backend
 
 
 def _version(dist: str) -> str:
@@ -23,44 +22,46 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def _backend(cfg: RunConfig) -> str:
-    backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8)
+def _backend(cfg: RunConfig, machine: Machine) -> str:
+    backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8, machine=machine)
     if backend == "transformer_engine":
         return "transformer engine"
-    return "local" + ("" if transformer_engine_usable() else " (no Transformer Engine)")
+    return "local" + ("" if machine.transformer_engine else " (no Transformer Engine)")
 
 
-def _kernels(cfg: RunConfig) -> str:
+def _kernels(cfg: RunConfig, machine: Machine) -> str:
     """triton when the model's kernels will run Triton on this device, else the reference."""
     choice = cfg.model.kernels
-    device_ok = torch.cuda.is_available() or kernels.interpreter_enabled()
+    device_ok = machine.cuda or kernels.interpreter_enabled()
     if choice == "triton" or (choice == "auto" and kernels.triton_available() and device_ok):
         return "triton"
     return "reference (torch)"
 
 
-def _decoder(cfg: RunConfig) -> str:
+def _decoder(cfg: RunConfig, machine: Machine) -> str:
     data = cfg.data
     if data.mock:
         return "mock (in-memory clips)"
     if data.decoder == "pyav":
         return "pyav"
-    if not dali.dali_available():
+    if not machine.dali:
         return "pyav (DALI not installed)" if data.decoder == "auto" else "dali (not installed)"
-    device = "gpu" if torch.cuda.is_available() else "cpu"
+    device = "gpu" if machine.cuda else "cpu"
     if data.decoder == "dali":
         return f"dali {device}"
     return "dali gpu" if device == "gpu" else "dali cpu for vp8/vp9, else pyav"
 
 
-def describe_choices(cfg: RunConfig) -> str:
+def describe_choices(cfg: RunConfig, machine: Machine | None = None) -> str:
     """``backend local | kernels reference (torch) | decoder pyav | megatron-core 0.16.1 | ...``
 
     Transformer Engine's version is named where it is installed (the pairing that
     pyproject's ``te`` extra states for each megatron-core).
     """
+    machine = machine or Machine.detect()
     te = _version("transformer-engine")
-    return (f"backend {_backend(cfg)} | kernels {_kernels(cfg)} | decoder {_decoder(cfg)} | "
+    return (f"backend {_backend(cfg, machine)} | kernels {_kernels(cfg, machine)} | "
+            f"decoder {_decoder(cfg, machine)} | "
             f"megatron-core {_version('megatron-core')}"
             + ("" if te == "?" else f" | transformer-engine {te}")
             + f" | torch {torch.__version__}")

@@ -16,7 +16,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megavid import faults
 from megavid.config import RunConfig, has_validation
-from megavid.config.preflight import preflight
+from megavid.config.preflight import Machine, preflight
 from megavid.config.presets import num_visible
 from megavid.data import build_train_loader
 from megavid.data.stats import DataStats
@@ -55,7 +55,8 @@ class Trainer:
         faults.set_config_nan_steps(cfg.train.inject_nan_steps)  # the config's alias of nan:<step>
         env = runtime.read_dist_env()
         self.cfg = cfg
-        self.layout = layout = preflight(cfg, env.world_size)
+        self.machine = Machine.detect()  # what this node has: the pre-flight and the start-up line
+        self.layout = layout = preflight(cfg, env.world_size, self.machine)
         runtime.init_distributed(cfg.parallel.distributed_timeout_minutes, env)
         runtime.init_model_parallel(tp=layout.tp, pp=layout.pp, vpp=layout.vpp,
                                     timeout_minutes=cfg.parallel.distributed_timeout_minutes)
@@ -131,7 +132,7 @@ class Trainer:
             f"{num_visible(arch.grid, self.cfg.model.mask_ratio, self.cfg.model.masking)} visible"
             f" | rank-0 params {n_params:,} | logs {self.progress.log_dir}"
         )
-        self.progress.info(describe_choices(self.cfg))
+        self.progress.info(describe_choices(self.cfg, self.machine))
         tc = self.cfg.train
         if tc.resolved_warmup_iters() != tc.lr_warmup_iters:
             self.progress.info(
