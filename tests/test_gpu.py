@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megavid.config.fp8 import RECIPES, recipe_problem
 from megavid.data.dali import AutoDecoder, DALIDecoder
 from megavid.data.decode import PyAVDecoder
 
@@ -28,25 +29,101 @@ def _losses(rows):
 
 
 def test_te_spec_matches_local_spec_in_bf16(tmp_path, launch):
+    """Same weights (initialisation speaks the local names for both backends), BF16: the
+    losses and grad norms of 3 steps agree to BF16 kernel differences."""
     _needs_te()
     local = launch.pretrain(tmp_path / "local", 1, *COMMON, "--bf16", "--transformer-impl", "local")
-    te = launch.pretrain(tmp_path / "te", 1, *COMMON, "--bf16", "--transformer-impl",
-                         "transformer_engine")
+    te = launch.pretrain(tmp_path / "te", 1, *COMMON, *TE)
     assert _losses(te) == pytest.approx(_losses(local), rel=2e-2)
+    assert [r["grad_norm"] for r in te] == pytest.approx([r["grad_norm"] for r in local],
+                                                          rel=5e-2)
 
 
-def test_te_fp8_tracks_bf16(tmp_path, launch):
+# FP8 GEMM widths must be multiples of 16 (MXFP8: 32): a wider tiny model. Its 13 visible
+# tubelets per clip (mask 0.8) are padded by the FP8 rule (megavid/config/fp8.py).
+WIDE = ("--set", "model.arch={hidden_size: 128, ffn_hidden_size: 512, "
+        "decoder_hidden_size: 64, decoder_ffn_hidden_size: 256}")
+TE = ("--bf16", "--transformer-impl", "transformer_engine")
+
+
+def _supported_recipes() -> list[str]:
+    capability = tuple(torch.cuda.get_device_capability())
+    return [r for r in RECIPES if recipe_problem(r, capability, torch.version.cuda) is None]
+
+
+@pytest.mark.parametrize("recipe", ["delayed", "tensorwise", "blockwise", "mxfp8"])
+def test_te_fp8_step_per_recipe_tracks_bf16(tmp_path, launch, recipe):
     _needs_te()
-    if torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("FP8 needs Ada/Hopper or newer")
-    # FP8 GEMMs need dimensions divisible by 16: a wider tiny model
-    arch = ("--set", "model.arch={hidden_size: 128, ffn_hidden_size: 512, "
-            "decoder_hidden_size: 64, decoder_ffn_hidden_size: 256}")
-    bf16 = launch.pretrain(tmp_path / "bf16", 1, *COMMON, *arch, "--bf16",
-                           "--transformer-impl", "transformer_engine")
-    fp8 = launch.pretrain(tmp_path / "fp8", 1, *COMMON, *arch, "--bf16", "--fp8", "hybrid",
-                          "--transformer-impl", "transformer_engine")
+    if recipe not in _supported_recipes():
+        pytest.skip(f"this GPU cannot run --fp8-recipe {recipe}")
+    bf16 = launch.pretrain(tmp_path / "bf16", 1, *COMMON, *WIDE, *TE)
+    fp8 = launch.pretrain(tmp_path / "fp8", 1, *COMMON, *WIDE, *TE, "--fp8", "hybrid",
+                          "--fp8-recipe", recipe)
     assert _losses(fp8) == pytest.approx(_losses(bf16), rel=5e-2)
+
+
+def test_te_fp8_padding_changes_little(tmp_path, launch):
+    """Padded rows are masked out of attention and dropped, but under FP8 they enter the
+    amax of their GEMMs' inputs: equal up to FP8 rounding, not bit for bit."""
+    _needs_te()
+    if not _supported_recipes():
+        pytest.skip("this GPU has no FP8")
+    fp8 = (*TE, "--fp8", "hybrid", "--fp8-recipe", _supported_recipes()[0])
+    auto = launch.pretrain(tmp_path / "auto", 1, *COMMON, *WIDE, *fp8)
+    wide = launch.pretrain(tmp_path / "wide", 1, *COMMON, *WIDE, *fp8,
+                           "--set", "model.pad_to_multiple_of=64")
+    assert _losses(wide) == pytest.approx(_losses(auto), rel=2e-2)
+
+
+def test_te_fp8_checkpoint_loads_into_the_local_spec(tmp_path, launch):
+    """Train 2 steps with TE + FP8 and --save; the local spec reads the checkpoint (as eval
+    and convert do) with the same weights, and says it dropped the FP8 state."""
+    _needs_te()
+    if not _supported_recipes():
+        pytest.skip("this GPU has no FP8")
+    save = tmp_path / "ckpt"
+    launch.pretrain(tmp_path / "te", 1, *COMMON, *WIDE, *TE, "--fp8", "hybrid",
+                    "--fp8-recipe", _supported_recipes()[0], "--train-iters", "2",
+                    "--save", str(save))
+    result = launch.run("-c", _LOAD_LOCAL.format(save=save), check=True, timeout=300)
+    assert "FP8 scaling state" in result.stderr and "dropped" in result.stderr
+    assert "max_abs_diff 0.0" in result.stdout
+    rel = float(result.stdout.split("features_rel_diff")[1].split()[0])
+    assert rel < 0.1  # TE FP8 vs the local spec in fp32 on the same weights
+
+
+_LOAD_LOCAL = """
+import torch
+from megavid.config import load_config
+from megavid.models.builder import build_model_chunks
+from megavid.models.layout_free import layout_free_state
+from megavid.models.masking import make_masks
+from megavid.parallel import runtime
+from megavid.training.checkpoint import load_weights
+from megavid.training.checkpoint_dirs import resolve_load_dir
+from megavid.training.common_state import read_common
+
+runtime.ensure_model_parallel("test")
+directory, _ = resolve_load_dir("{save}", fallback=False)
+saved = read_common(directory)["config"]
+model = {{"model.preset": "tiny", "model.arch": saved["model"]["arch"], "model.mask_ratio": 0.8}}
+fp8 = {{"train.fp8": "hybrid", "train.fp8_recipe": saved["train"]["fp8_recipe"]}}
+te = build_model_chunks(load_config(overrides={{**model, **fp8}}),
+                        backend="transformer_engine")[0].cuda().eval()
+load_weights([te], directory)  # same backend, FP8: its scaling state is restored
+local = build_model_chunks(load_config(overrides=model), backend="local")[0].cuda().eval()
+load_weights([local], directory)  # the local spec: FP8 state dropped, one line
+a, b = layout_free_state([te]), layout_free_state([local])
+assert a.keys() == b.keys()
+print("max_abs_diff", max(float((a[k] - b[k]).abs().max()) for k in a))
+arch = local.arch
+video = torch.rand(2, arch.num_frames, arch.image_size, arch.image_size, 3, device="cuda")
+ids_keep, _ = make_masks(torch.tensor([3, 4]), grid=arch.grid, mask_ratio=0.8, masking="random",
+                         seed=0)
+with torch.no_grad():
+    x, y = te(video, ids_keep.cuda()).float(), local(video, ids_keep.cuda()).float()
+print("features_rel_diff", float((x - y).norm() / y.norm()))
+"""
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")

@@ -11,12 +11,15 @@ and the machine.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+from packaging.version import Version
 
+from megavid.config import fp8 as fp8_rules
 from megavid.config.presets import ModelArch
 from megavid.config.schema import ConfigError, RunConfig
 
@@ -36,29 +39,41 @@ class Layout:
     dp: int
     micro_batch_size: int
     num_microbatches: int  # per data-parallel rank and optimizer step
+    backend: str = "local"  # the layer backend the pre-flight chose (local | transformer_engine)
 
 
 @dataclass(frozen=True)
 class Machine:
-    """What this machine offers the run: CUDA, Transformer Engine, DALI."""
+    """What this machine offers the run: CUDA (and its GPU), Transformer Engine, DALI."""
 
     cuda: bool
     transformer_engine: bool
     dali: bool
+    gpu_name: str | None = None
+    capability: tuple[int, int] | None = None  # CUDA compute capability of GPU 0
+    cuda_version: str | None = None  # torch's CUDA (torch.version.cuda)
+    te_version: str | None = None
 
     @classmethod
     def detect(cls) -> "Machine":
-        return cls(cuda=torch.cuda.is_available(), transformer_engine=transformer_engine_usable(),
-                   dali=importlib.util.find_spec("nvidia.dali") is not None)
+        cuda = torch.cuda.is_available()
+        te_version = transformer_engine_version()
+        return cls(cuda=cuda, transformer_engine=te_version is not None,
+                   dali=importlib.util.find_spec("nvidia.dali") is not None,
+                   gpu_name=torch.cuda.get_device_name(0) if cuda else None,
+                   capability=tuple(torch.cuda.get_device_capability(0)) if cuda else None,
+                   cuda_version=torch.version.cuda, te_version=te_version)
 
 
 @lru_cache(maxsize=None)
-def transformer_engine_usable() -> bool:
+def transformer_engine_version() -> str | None:
+    """Transformer Engine's version if it imports (with its CUDA parts), else None."""
     try:
-        import transformer_engine.pytorch  # noqa: F401  optional, CUDA-only
+        import transformer_engine  # optional, CUDA-only
+        import transformer_engine.pytorch  # noqa: F401
     except Exception:  # ImportError, or a TE build that cannot find CUDA
-        return False
-    return True
+        return None
+    return str(getattr(transformer_engine, "__version__", "0"))
 
 
 # -- rules without the world size: what load_config runs ------------------------------------------
@@ -70,11 +85,81 @@ def validate(cfg: RunConfig) -> None:
             "--fp8 needs the Transformer Engine layer spec; set model.transformer_impl to "
             "'transformer_engine' or 'auto', or drop --fp8"
         )
+    check_fp8_config(cfg)
+    check_padding(cfg)
     if cfg.model.pixel_norm == "imagenet" and cfg.data.value_range == "imagenet":
         raise ConfigError(
             "model.pixel_norm=imagenet normalises the input itself: set data.value_range=unit "
             "(or model.pixel_norm=none) so that clips are not normalised twice"
         )
+
+
+def check_fp8_config(cfg: RunConfig) -> None:
+    """The FP8 flags agree with each other, the optimizer and the encoder's depth."""
+    tc, model = cfg.train, cfg.model
+    if tc.fp8 is None:
+        for flag, on in (("--fp8-param-gather", tc.fp8_param_gather),
+                         ("--first-last-layers-bf16", tc.first_last_layers_bf16),
+                         ("model.decoder_fp8", model.decoder_fp8)):
+            if on:
+                raise ConfigError(f"{flag} needs --fp8 (hybrid or e4m3); add --fp8 or drop {flag}")
+        return
+    if tc.fp8_param_gather and not cfg.parallel.use_distributed_optimizer:
+        raise ConfigError("--fp8-param-gather needs --use-distributed-optimizer (Megatron-LM's "
+                          "rule: the sharded optimizer keeps the FP8 weights' main copies)")
+    arch = model.resolved_arch()
+    if tc.first_last_layers_bf16:
+        if tc.fp8_recipe == "delayed":
+            raise ConfigError("--first-last-layers-bf16 does not work with --fp8-recipe delayed "
+                              "(megatron-core: delayed scaling reduces amax over the whole "
+                              "stack); use --fp8-recipe tensorwise, blockwise or mxfp8")
+        start, end = tc.num_layers_at_start_in_bf16, tc.num_layers_at_end_in_bf16
+        if start + end > arch.num_layers:
+            raise ConfigError(f"--num-layers-at-start-in-bf16 {start} + "
+                              f"--num-layers-at-end-in-bf16 {end} exceed the encoder's "
+                              f"{arch.num_layers} layers")
+        # megatron-core caps each count at the layers per pipeline stage, and megavid counts
+        # the decoder's layers among the "last" ones (builder.transformer_config)
+        per_stage = (arch.num_layers + arch.decoder_num_layers) // \
+            cfg.parallel.pipeline_model_parallel_size
+        if max(start, end + arch.decoder_num_layers) > per_stage:
+            raise ConfigError(
+                f"--num-layers-at-start-in-bf16 {start} / --num-layers-at-end-in-bf16 {end}: "
+                f"megatron-core allows at most {per_stage} BF16 layers at each end per pipeline "
+                f"stage, and the end count includes the decoder's {arch.decoder_num_layers} "
+                "layers; lower them or --pp")
+
+
+def check_fp8_widths(cfg: RunConfig) -> None:
+    """Each FP8 stack's GEMM operands have column counts TE accepts (after the layout rules,
+    which say first whether --tp divides the widths at all)."""
+    tc = cfg.train
+    for decoder in (False, True):
+        if not fp8_rules.stack_fp8(cfg, decoder=decoder):
+            continue
+        align = fp8_rules.fp8_alignment(tc.fp8_recipe)
+        widths = fp8_rules.fp8_gemm_widths(cfg, decoder=decoder)
+        bad = {name: n for name, n in widths.items() if n % align}
+        if bad:
+            stack = "decoder (model.decoder_fp8)" if decoder else "encoder"
+            raise ConfigError(
+                f"--fp8 --fp8-recipe {tc.fp8_recipe}: the {stack}'s GEMM widths per TP rank "
+                f"{bad} must be multiples of {align}; change --tp or the model's widths")
+
+
+def check_padding(cfg: RunConfig) -> None:
+    """model.pad_to_multiple_of, when set, is a multiple of what SP and FP8 need."""
+    chosen = cfg.model.pad_to_multiple_of
+    if not chosen:
+        return
+    for decoder in (False, True):
+        need = fp8_rules.automatic_multiple(cfg, decoder=decoder)
+        if chosen % need:
+            stack = "decoder" if decoder else "encoder"
+            raise ConfigError(
+                f"model.pad_to_multiple_of: {chosen} is not a multiple of {need}, which the "
+                f"{stack} needs (sequence parallelism x FP8 alignment at --micro-batch-size "
+                f"{cfg.train.micro_batch_size}); use a multiple of {need}, or 0 (automatic)")
 
 
 # -- the layout ----------------------------------------------------------------------------------
@@ -165,6 +250,23 @@ def resolve_backend(requested: str, *, fp8: str | None = None,
     return backend
 
 
+def check_fp8_machine(recipe: str, machine: Machine) -> None:
+    """The GPU and Transformer Engine can run ``recipe`` (after resolve_backend: TE, CUDA)."""
+    if machine.capability is not None:
+        problem = fp8_rules.recipe_problem(recipe, machine.capability, machine.cuda_version)
+        if problem:
+            major, minor = machine.capability
+            raise ConfigError(
+                f"--fp8-recipe {recipe} cannot run on {machine.gpu_name} (compute capability "
+                f"{major}.{minor}, CUDA {machine.cuda_version}): {problem}; pick another "
+                "--fp8-recipe or drop --fp8")
+    need = fp8_rules.MIN_TE_VERSION.get(recipe)
+    if need and machine.te_version and Version(machine.te_version) < Version(need):
+        raise ConfigError(f"--fp8-recipe {recipe} needs Transformer Engine >= {need} "
+                          f"(megatron-core's rule), this machine has {machine.te_version}; "
+                          "upgrade TE or pick --fp8-recipe delayed")
+
+
 def require_dali(installed: bool) -> None:
     """data.decoder=dali needs DALI installed (on CPU it decodes VP8/VP9 only)."""
     if not installed:
@@ -178,7 +280,10 @@ def preflight(cfg: RunConfig, world_size: int, machine: Machine | None = None) -
     machine = machine or Machine.detect()
     validate(cfg)
     layout = resolve_layout(cfg, world_size)
-    resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8, machine=machine)
+    check_fp8_widths(cfg)
+    backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8, machine=machine)
+    if cfg.train.fp8 is not None:
+        check_fp8_machine(cfg.train.fp8_recipe, machine)
     if cfg.data.decoder == "dali" and not cfg.data.mock:
         require_dali(machine.dali)
-    return layout
+    return dataclasses.replace(layout, backend=backend)

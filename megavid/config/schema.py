@@ -73,6 +73,13 @@ class ModelConfig:
     transformer_impl: str = "auto"  # local | transformer_engine | auto (TE when CUDA and TE exist)
     init_std: float = 0.02  # std of the truncated-normal init of linear weights and embeddings
     kernels: str = "torch"  # torch | triton | auto: MAE loss and patchify/scatter (kernels/)
+    # tokens per clip of each stack are zero-padded to a multiple of this (padded keys are
+    # masked out of attention, padded outputs dropped: the result does not change);
+    # 0 = the least multiple that sequence parallelism and FP8 need (megavid/config/fp8.py)
+    pad_to_multiple_of: int = 0
+    # the decoder's GEMMs in FP8 too (with --fp8). Off: at width 512 its GEMMs are too
+    # narrow for FP8 to pay for its casts, and they produce the regression targets' values
+    decoder_fp8: bool = False
 
     CHOICES: ClassVar[dict] = {
         "masking": ("random", "tube"),
@@ -114,6 +121,9 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"model.{name}: {value} must be > 0 (4DS: 1e-6, VideoMAE: 1e-12)")
+        if self.pad_to_multiple_of < 0:
+            raise ConfigError(f"model.pad_to_multiple_of: {self.pad_to_multiple_of} must be >= 0 "
+                              "(0: the least multiple sequence parallelism and FP8 need)")
         if self.pixel_norm == "imagenet" and arch.channels != 3:
             raise ConfigError("model.pixel_norm=imagenet needs RGB input (model.arch.channels=3)")
 
@@ -189,6 +199,19 @@ class TrainConfig:
     seed: int = 1234
     precision: str = "fp32"  # fp32 | bf16
     fp8: Optional[str] = None  # None | hybrid | e4m3 (Transformer Engine only)
+    # how FP8 scales are chosen (megatron-core's fp8_recipe): delayed (amax history),
+    # tensorwise (current per-tensor scaling), blockwise (1x128/128x128 blocks, Hopper+),
+    # mxfp8 (32-element blocks, Blackwell)
+    fp8_recipe: str = "delayed"
+    # keep the weights in FP8 and all-gather them in FP8 (megatron-core's fp8_param;
+    # needs --use-distributed-optimizer, as in Megatron-LM)
+    fp8_param_gather: bool = False
+    # the first and last encoder layers stay in BF16 under --fp8 (megatron-core's fields;
+    # "last" is the encoder's last, whose output is the features; the decoder follows
+    # model.decoder_fp8). Not with the delayed recipe (megatron-core refuses it).
+    first_last_layers_bf16: bool = False
+    num_layers_at_start_in_bf16: int = 1
+    num_layers_at_end_in_bf16: int = 1
     recompute: Optional[str] = None  # None | full | selective
     max_consecutive_skips: int = 5  # stop after this many non-finite steps in a row
     loss_spike_factor: float = 3.0  # log a spike when loss > factor x its running mean
@@ -203,6 +226,7 @@ class TrainConfig:
     CHOICES: ClassVar[dict] = {
         "precision": ("fp32", "bf16"),
         "fp8": (None, "hybrid", "e4m3"),
+        "fp8_recipe": ("delayed", "tensorwise", "blockwise", "mxfp8"),
         "recompute": (None, "full", "selective"),
     }
 
@@ -211,6 +235,9 @@ class TrainConfig:
         if self.micro_batch_size < 1 or self.global_batch_size < 1 or self.train_iters < 1:
             raise ConfigError("train: micro_batch_size, global_batch_size and train_iters must be "
                               ">= 1")
+        if self.num_layers_at_start_in_bf16 < 0 or self.num_layers_at_end_in_bf16 < 0:
+            raise ConfigError("--num-layers-at-start-in-bf16/--num-layers-at-end-in-bf16 must be "
+                              ">= 0")
         if self.lr_warmup_iters < 0:
             raise ConfigError(f"--lr-warmup-iters {self.lr_warmup_iters} must be >= 0")
         if self.eval_interval < 0 or self.eval_iters < 0:

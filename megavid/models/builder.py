@@ -14,8 +14,9 @@ from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megavid.config import ModelConfig, RunConfig, StageMap
-from megavid.config.preflight import check_model_split, resolve_backend
-from megavid.config.presets import ModelArch, num_visible
+from megavid.config.fp8 import stack_fp8, stack_tokens, token_multiple
+from megavid.config.preflight import check_model_split
+from megavid.config.presets import ModelArch
 from megavid.models.layer_specs import get_layer_spec
 from megavid.models.mae import VideoMAEChunk
 
@@ -25,9 +26,31 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(x, approximate="tanh")
 
 
+def _fp8_fields(cfg: RunConfig, *, decoder: bool) -> dict:
+    """megatron-core's FP8 fields for one stack (none when it runs without FP8).
+
+    BF16 first/last layers are the encoder's: megatron-core decides per layer with
+    ``layer_no < num_layers_at_start_in_bf16`` and ``layer_no >= num_layers -
+    num_layers_at_end_in_bf16`` where ``num_layers`` is the whole stack's (encoder +
+    decoder, see ``total_layers``) and an encoder layer's number is its position, so
+    the decoder's layers are added to the end count. The decoder's config has no
+    BF16 layers: model.decoder_fp8 switches all of it.
+    """
+    tc = cfg.train
+    if not stack_fp8(cfg, decoder=decoder):
+        return {}
+    fields = dict(fp8=tc.fp8, fp8_recipe=tc.fp8_recipe, fp8_param=tc.fp8_param_gather)
+    if tc.first_last_layers_bf16 and not decoder:
+        fields.update(first_last_layers_bf16=True,
+                      num_layers_at_start_in_bf16=tc.num_layers_at_start_in_bf16,
+                      num_layers_at_end_in_bf16=tc.num_layers_at_end_in_bf16
+                      + cfg.model.resolved_arch().decoder_num_layers)
+    return fields
+
+
 def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
-                       total_layers: int) -> TransformerConfig:
-    """A megatron-core TransformerConfig for one of the two stacks."""
+                       total_layers: int, decoder: bool = False) -> TransformerConfig:
+    """A megatron-core TransformerConfig for the encoder's or the decoder's stack."""
     par, tc = cfg.parallel, cfg.train
     dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
     recompute = {}
@@ -36,9 +59,6 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
                          recompute_num_layers=1)
     elif tc.recompute == "selective":
         recompute = dict(recompute_granularity="selective")
-    fp8 = {}
-    if tc.fp8 is not None:
-        fp8 = dict(fp8=tc.fp8, fp8_recipe="delayed", fp8_param=False)
     vpp = par.virtual_pipeline_model_parallel_size
     return TransformerConfig(
         num_layers=total_layers,  # the whole stack: megatron checks divisibility on it
@@ -79,30 +99,33 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
         # batched, PP=2 interleaving crosses activations and gradients (0.16.1 and 0.19.2)
         batch_p2p_comm=False,
         **recompute,
-        **fp8,
+        **_fp8_fields(cfg, decoder=decoder),
     )
 
 
-def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[VideoMAEChunk]:
-    """This rank's chunks (one, or ``vpp`` with interleaving), uninitialised."""
+def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None, *,
+                       backend: str = "local") -> list[VideoMAEChunk]:
+    """This rank's chunks (one, or ``vpp`` with interleaving), uninitialised.
+
+    ``backend`` is the layer backend the pre-flight chose (``Layout.backend``); tools
+    that only run a model on this machine keep the default, the local spec.
+    """
     arch = arch or cfg.model.resolved_arch()
     par = cfg.parallel
     pp, vpp = par.pipeline_model_parallel_size, par.virtual_pipeline_model_parallel_size or 1
     total = arch.num_layers + arch.decoder_num_layers
     stages = StageMap(total, pp, vpp)
-    backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8)
-    tp = par.tensor_model_parallel_size
-    pad_multiple = tp if par.sequence_parallel else 1
-    k = num_visible(arch.grid, cfg.model.mask_ratio, cfg.model.masking)
     enc_cfg = transformer_config(cfg, width=arch.hidden_size, ffn=arch.ffn_hidden_size,
                                  heads=arch.num_attention_heads, total_layers=total)
     dec_cfg = transformer_config(cfg, width=arch.decoder_hidden_size,
                                  ffn=arch.decoder_ffn_hidden_size,
-                                 heads=arch.decoder_num_attention_heads, total_layers=total)
+                                 heads=arch.decoder_num_attention_heads, total_layers=total,
+                                 decoder=True)
     qkv_bias = cfg.model.qkv_bias
-    enc_spec = get_layer_spec(backend, padding_mask=k % pad_multiple != 0, qkv_bias=qkv_bias)
-    dec_spec = get_layer_spec(backend, padding_mask=arch.num_tokens % pad_multiple != 0,
-                              qkv_bias=qkv_bias)
+    tokens = stack_tokens(cfg)  # {"encoder": (tokens, padded), "decoder": ...}
+    enc_spec, dec_spec = (get_layer_spec(backend, padding_mask=padded != real, qkv_bias=qkv_bias)
+                          for real, padded in (tokens["encoder"], tokens["decoder"]))
+    multiples = (token_multiple(cfg, decoder=False), token_multiple(cfg, decoder=True))
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     chunks = []
     for v, layers in enumerate(stages.rank_layers(pp_rank)):
@@ -110,7 +133,7 @@ def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None) -> list[Vi
         chunks.append(VideoMAEChunk(
             arch=arch, encoder_config=enc_cfg, decoder_config=dec_cfg,
             encoder_spec=enc_spec, decoder_spec=dec_spec, first=first, last=last,
-            model_cfg=cfg.model, pad_multiple=pad_multiple,
+            model_cfg=cfg.model, pad_multiples=multiples,
             vp_stage=v if vpp > 1 else None, kernel_backend=cfg.model.kernels,
         ))
     return chunks
@@ -137,4 +160,4 @@ def build_encoder_chunk(model_cfg: ModelConfig) -> VideoMAEChunk:
         parallel_state.get_pipeline_model_parallel_rank())
     return VideoMAEChunk(arch=arch, encoder_config=config, decoder_config=config,
                          encoder_spec=spec, decoder_spec=spec, first=layers.start, last=layers.stop,
-                         model_cfg=model_cfg, pad_multiple=1, kernel_backend="torch")
+                         model_cfg=model_cfg, pad_multiples=(1, 1), kernel_backend="torch")

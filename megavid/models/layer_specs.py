@@ -4,13 +4,16 @@ One builder, two backends that build the same tree: ``local`` (plain PyTorch
 and megatron-core's tensor-parallel linears; runs anywhere) and
 ``transformer_engine`` (TE's fused LayerNorm+linear and fused attention, the
 path to FP8). Pre-LN blocks with biases and GELU, no causal mask; a padding mask
-only when sequence-parallel padding needs one. ``qkv_bias="none"`` builds the
+only when token padding needs one. ``qkv_bias="none"`` builds the
 fused q/k/v projection without a bias while the other linears keep theirs.
+
+Both backends checkpoint under the local names (``megavid.models.te_names``).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -27,22 +30,58 @@ from megatron.core.transformer.transformer_layer import (
 from megavid.config import ConfigError
 from megavid.models.attention import SDPACoreAttention
 from megavid.models.norm import LayerNorm
+from megavid.models.te_names import TE_TO_LOCAL
 
-BACKENDS = ("local", "transformer_engine")
 
+@dataclass(frozen=True)
+class LayerModules:
+    """The classes a backend plugs into the one block tree, and its checkpoint renaming."""
+
+    norm: type
+    qkv: type
+    core_attention: type
+    proj: type
+    fc1: type
+    fc2: type
+    # megatron-core's TransformerLayer renames these prefixes in sharded state dicts
+    sharded_keys_map: dict = field(default_factory=dict)
+
+
+def _local_modules() -> LayerModules:
+    return LayerModules(norm=LayerNorm, qkv=ColumnParallelLinear, core_attention=SDPACoreAttention,
+                        proj=RowParallelLinear, fc1=ColumnParallelLinear, fc2=RowParallelLinear)
+
+
+def fused_norm_modules(*, norm_linear: type, core_attention: type,
+                       row_linear: type) -> LayerModules:
+    """Transformer Engine's layer shape: each LayerNorm folds into the linear after it (so
+    the norms are IdentityOp), whose LayerNorm parameters checkpoint under the local names."""
+    return LayerModules(norm=IdentityOp, qkv=norm_linear, core_attention=core_attention,
+                        proj=row_linear, fc1=norm_linear, fc2=row_linear,
+                        sharded_keys_map=dict(TE_TO_LOCAL))
+
+
+def _te_modules() -> LayerModules:
+    from megatron.core.extensions.transformer_engine import (  # imports TE: optional
+        TEDotProductAttention,
+        TELayerNormColumnParallelLinear,
+        TERowParallelLinear,
+    )
+
+    return fused_norm_modules(norm_linear=TELayerNormColumnParallelLinear,
+                              core_attention=TEDotProductAttention, row_linear=TERowParallelLinear)
+
+
+BACKENDS = {"local": _local_modules, "transformer_engine": _te_modules}
 
 
 def get_layer_spec(backend: str, *, padding_mask: bool, qkv_bias: str = "qkv") -> ModuleSpec:
     """A ``TransformerLayer`` spec for ``backend`` (``local``/``transformer_engine``): a backend
     the pre-flight's ``resolve_backend`` chose, so Transformer Engine is known to import."""
     mask_type = AttnMaskType.padding if padding_mask else AttnMaskType.no_mask
-    spec = None
-    if backend == "local":
-        spec = _local_spec(mask_type)
-    if backend == "transformer_engine":
-        spec = _te_spec(mask_type)
-    if spec is None:
-        raise ConfigError(f"model.transformer_impl: {backend!r} is not one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"model.transformer_impl: {backend!r} is not one of {tuple(BACKENDS)}")
+    spec = _layer_spec(mask_type, BACKENDS[backend]())
     if qkv_bias == "none":
         attention = spec.submodules.self_attention.submodules
         attention.linear_qkv = _without_bias(attention.linear_qkv)
@@ -63,25 +102,6 @@ def _without_bias(linear):
     return build
 
 
-def _local_spec(mask_type: AttnMaskType) -> ModuleSpec:
-    return _layer_spec(mask_type, norm=LayerNorm, qkv=ColumnParallelLinear,
-                       core_attention=SDPACoreAttention, proj=RowParallelLinear,
-                       fc1=ColumnParallelLinear, fc2=RowParallelLinear)
-
-
-def _te_spec(mask_type: AttnMaskType) -> ModuleSpec:
-    # The LayerNorms fold into TE's LayerNorm+linear modules, hence IdentityOp.
-    from megatron.core.extensions.transformer_engine import (  # imports TE: optional
-        TEDotProductAttention,
-        TELayerNormColumnParallelLinear,
-        TERowParallelLinear,
-    )
-
-    return _layer_spec(mask_type, norm=IdentityOp, qkv=TELayerNormColumnParallelLinear,
-                       core_attention=TEDotProductAttention, proj=TERowParallelLinear,
-                       fc1=TELayerNormColumnParallelLinear, fc2=TERowParallelLinear)
-
-
 def _mlp_spec(submodules: MLPSubmodules):
     """The MLP submodule as the installed megatron-core builds it.
 
@@ -95,22 +115,22 @@ def _mlp_spec(submodules: MLPSubmodules):
     return ModuleSpec(module=MLP, submodules=submodules)
 
 
-def _layer_spec(mask_type: AttnMaskType, *, norm, qkv, core_attention, proj, fc1,
-                fc2) -> ModuleSpec:
+def _layer_spec(mask_type: AttnMaskType, m: LayerModules) -> ModuleSpec:
     """The one pre-LN block tree; the backends differ only in the classes plugged in."""
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
-            input_layernorm=norm,
+            input_layernorm=m.norm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
                 params={"attn_mask_type": mask_type},
                 submodules=SelfAttentionSubmodules(
-                    linear_qkv=qkv, core_attention=core_attention, linear_proj=proj),
+                    linear_qkv=m.qkv, core_attention=m.core_attention, linear_proj=m.proj),
             ),
             self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=norm,
-            mlp=_mlp_spec(MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2)),
+            pre_mlp_layernorm=m.norm,
+            mlp=_mlp_spec(MLPSubmodules(linear_fc1=m.fc1, linear_fc2=m.fc2)),
             mlp_bda=get_bias_dropout_add,
+            sharded_state_dict_keys_map=dict(m.sharded_keys_map),
         ),
     )

@@ -1,9 +1,10 @@
 """Layout-free state dicts: the one bridge between whole tensors and any TP/PP layout.
 
 A parameter's layout-free name carries its layer's position in the whole stack
-(``encoder.layers.7.mlp.linear_fc1.weight``) and its value is the whole (TP=1)
-tensor; checkpoints' converters, ``load_encoder`` and layout-independent
-initialisation all speak it, whatever TP/PP layout built the chunk.
+(``encoder.layers.7.mlp.linear_fc1.weight``), in the local spec's words whatever the
+backend (``megavid.models.te_names``), and its value is the whole (TP=1) tensor;
+checkpoints' converters, ``load_encoder`` and layout-independent initialisation all
+speak it, whatever TP/PP layout and backend built the chunk.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megavid.models.mae import VideoMAEChunk
+from megavid.models.te_names import is_fp8_state, to_local
 
 _LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.")
 
 
 def global_name(chunk: VideoMAEChunk, local_name: str) -> str:
-    """Rename ``encoder.layers.<i>`` to the layer's position in its whole stack."""
+    """Rename ``encoder.layers.<i>`` to the layer's position in its whole stack, and a
+    Transformer Engine layer's parameters to the local spec's names."""
+    local_name = to_local(local_name)
     match = _LAYER.match(local_name)
     if not match:
         return local_name
@@ -41,7 +45,7 @@ def chunk_state(chunk: VideoMAEChunk) -> dict[str, torch.Tensor]:
     """This rank's parameters and checkpointed buffers under their layout-free names."""
     state = {}
     for local_name, tensor in chunk.state_dict(keep_vars=True).items():
-        if local_name.endswith("_extra_state"):  # Transformer Engine's FP8 metadata
+        if is_fp8_state(local_name):  # Transformer Engine's FP8 scaling state
             continue
         state[global_name(chunk, local_name)] = tensor
     return state

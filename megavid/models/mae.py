@@ -15,10 +15,11 @@ Between chunks only ``[s, b, h]`` hidden states travel (s differs between
 encoder and decoder, so the schedules run with ``variable_seq_lengths``).
 Masks are recomputed on every chunk from the batch (``megavid.models.masking``).
 
-Sequence parallelism shards ``s`` over the TP group, so ``s`` is zero-padded
-to a multiple of the TP size: 4DS's 79 visible tokens become 80 at TP=2 and
-TP=8; padded keys are masked out of attention and padded outputs dropped, so
-the result is exactly that of the unpadded model.
+Each stack zero-pads ``s`` to its token multiple (``megavid.config.fp8``: what
+sequence parallelism's split over the TP group and FP8's GEMM alignment need, or
+``model.pad_to_multiple_of``): 4DS's 79 visible tokens become 80 at TP=2+SP or
+under FP8 at micro-batch 1; padded keys are masked out of attention and padded
+outputs dropped, so the result is exactly that of the unpadded model.
 
 The architecture options of ``ModelConfig`` (GELU flavour, q/k/v biases,
 learned or sinusoidal position embeddings, final norms, pixel normalisation)
@@ -47,6 +48,7 @@ from megatron.core.transformer.utils import (
 
 import megavid.kernels as kernels
 from megavid.config import ModelConfig
+from megavid.config.fp8 import padded
 from megavid.config.presets import ModelArch
 from megavid.models.norm import LayerNorm
 from megavid.models.posembed import sincos_table
@@ -115,7 +117,7 @@ class VideoMAEChunk(MegatronModule):
         first: int,
         last: int,
         model_cfg: ModelConfig,
-        pad_multiple: int,
+        pad_multiples: tuple[int, int],
         vp_stage: int | None = None,
         kernel_backend: str = "torch",
     ):
@@ -129,7 +131,7 @@ class VideoMAEChunk(MegatronModule):
         self.has_transition = first <= num_enc < last
         self.first_encoder_layer = min(first, num_enc)
         self.first_decoder_layer = max(first, num_enc) - num_enc
-        self.pad_multiple = pad_multiple
+        self.encoder_multiple, self.decoder_multiple = pad_multiples  # tokens per clip
         self.kernel_backend = kernel_backend  # kernels/: Triton or the PyTorch reference
         self.vp_stage = vp_stage  # read by megatron-core's Float16Module
         self.input_tensor = None
@@ -213,23 +215,21 @@ class VideoMAEChunk(MegatronModule):
                 result.update(layer_sd)
         return result
 
-    # -- sequence-parallel plumbing ---------------------------------------
-    def _padded_len(self, s: int) -> int:
-        return -(-s // self.pad_multiple) * self.pad_multiple
-
-    def _pad_mask(self, s: int, b: int, device) -> torch.Tensor | None:
+    # -- padding and sequence-parallel plumbing -----------------------------
+    @staticmethod
+    def _pad_mask(s: int, b: int, multiple: int, device) -> torch.Tensor | None:
         """[b, 1, 1, s_padded] True on padding keys, or None when there is none."""
-        s_pad = self._padded_len(s)
+        s_pad = padded(s, multiple)
         if s_pad == s:
             return None
         mask = torch.zeros(b, 1, 1, s_pad, dtype=torch.bool, device=device)
         mask[..., s:] = True
         return mask
 
-    def _to_stack(self, x: torch.Tensor) -> torch.Tensor:
+    def _to_stack(self, x: torch.Tensor, multiple: int) -> torch.Tensor:
         """(B, S, H) replicated -> [S_pad(/tp), B, H] as the transformer stack wants."""
         x = x.transpose(0, 1).contiguous()  # [S, B, H]
-        s_pad = self._padded_len(x.shape[0])
+        s_pad = padded(x.shape[0], multiple)
         if s_pad != x.shape[0]:
             x = F.pad(x, (0, 0, 0, 0, 0, s_pad - x.shape[0]))
         if self.config.sequence_parallel:
@@ -264,11 +264,13 @@ class VideoMAEChunk(MegatronModule):
         b, k = ids_keep.shape
         n = self.arch.num_tokens
         if self.pre_process:
-            hidden = self._to_stack(self.embed(video, ids_keep))  # [K_pad(/tp), B, D]
+            hidden = self._to_stack(self.embed(video, ids_keep),
+                                    self.encoder_multiple)  # [K_pad(/tp), B, D]
         else:
             hidden = self.input_tensor
         if self.encoder is not None:
-            hidden = self.encoder(hidden, attention_mask=self._pad_mask(k, b, hidden.device))
+            mask = self._pad_mask(k, b, self.encoder_multiple, hidden.device)
+            hidden = self.encoder(hidden, attention_mask=mask)
         if self.has_transition:
             if self.encoder_norm is not None:
                 hidden = self.encoder_norm(hidden)
@@ -276,9 +278,10 @@ class VideoMAEChunk(MegatronModule):
             x = kernels.scatter_tokens(x, ids_keep, self.mask_token, n,
                                        backend=self.kernel_backend)  # (B, N, Dd)
             x = x + self.decoder_pos_embed
-            hidden = self._to_stack(x)  # [N_pad(/tp), B, Dd]
+            hidden = self._to_stack(x, self.decoder_multiple)  # [N_pad(/tp), B, Dd]
         if self.decoder is not None:
-            hidden = self.decoder(hidden, attention_mask=self._pad_mask(n, b, hidden.device))
+            mask = self._pad_mask(n, b, self.decoder_multiple, hidden.device)
+            hidden = self.decoder(hidden, attention_mask=mask)
         if not self.post_process:
             return hidden
         hidden = self.decoder_norm(hidden)

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from megavid.config import RunConfig
+from megavid.config.fp8 import fp8_alignment
 from megavid.config.preflight import LayoutError, resolve_layout
 from megavid.parallel.devices import gpu_spec
 from megavid.plan.model import (
@@ -48,7 +49,8 @@ def candidate_from_config(cfg: RunConfig, world_size: int) -> Candidate:
         recompute=tc.recompute or "none", fp8=tc.fp8 is not None,
         sequence_parallel=par.sequence_parallel,
         distributed_optimizer=par.use_distributed_optimizer,
-        bf16=tc.precision == "bf16",
+        bf16=tc.precision == "bf16", decoder_fp8=cfg.model.decoder_fp8,
+        fp8_align=fp8_alignment(tc.fp8_recipe), pad_to_multiple_of=cfg.model.pad_to_multiple_of,
     )
 
 

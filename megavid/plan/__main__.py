@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from megavid.config import load_config
 from megavid.parallel.devices import GPU_ALIASES, gpu_spec
@@ -12,6 +13,7 @@ from megavid.plan.model import (
     MATMUL_EFFICIENCY,
     in_flight,
     peak_memory,
+    stack_tokens,
 )
 from megavid.plan.timing import DP_EXPOSED, step_time
 from megavid.tables import Column, print_table
@@ -50,9 +52,30 @@ def plan_rows(rows: list[PlanRow], top: int) -> list[dict]:
     return out
 
 
-def explain(row: PlanRow, spec: dict, global_batch_size: int) -> str:
+def _padding_lines(row: PlanRow, spec: dict, cfg) -> list[str]:
+    """Tokens per clip each stack runs on, and what the padding costs in step time."""
+    c, arch = row.candidate, cfg.model.resolved_arch()
+    kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
+    parts = []
+    for decoder, name in ((False, "encoder"), (True, "decoder")):
+        real, tokens = stack_tokens(arch, c, decoder=decoder, **kw)
+        parts.append(f"{name} {real}" + (f" -> {tokens}" if tokens != real else " (no padding)"))
+    unpadded = step_time(arch, dataclasses.replace(c, token_padding=False), spec,
+                         global_batch_size=cfg.train.global_batch_size, **kw)["step"]
+    cost = row.time["step"] - unpadded
+    return [
+        f"Tokens per clip (padded to a multiple that SP (tp {c.tp if c.sequence_parallel else 1})"
+        f" and FP8 ({f'align {c.fp8_align}' if c.fp8 else 'off'}) need at micro-batch "
+        f"{c.micro_batch_size}, megavid/config/fp8.py): {', '.join(parts)}",
+        f"  padding costs {cost * 1e3:.1f} ms of the step ({cost / row.time['step']:.1%}); "
+        "MFU counts the useful tokens only",
+    ]
+
+
+def explain(row: PlanRow, spec: dict, cfg) -> str:
     """The arithmetic behind one row, for humans checking the planner."""
     c, mem, t = row.candidate, row.memory, row.time
+    global_batch_size = cfg.train.global_batch_size
     mb = t["per_microbatch"]
     lines = [
         f"Layout {_layout_name(c)}, micro-batch {c.micro_batch_size}, "
@@ -81,7 +104,7 @@ def explain(row: PlanRow, spec: dict, global_batch_size: int) -> str:
         f"{global_batch_size} clips; MFU = FLOPs / (step x {c.tp * c.pp * c.dp} GPUs x "
         f"{spec['bf16']:.0f} TF) = {t['mfu']:.1%}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines[:1] + _padding_lines(row, spec, cfg) + lines[1:])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,7 +152,7 @@ def main(argv=None) -> int:
         return 1
     extra = {"gpus": args.gpus, "gpu": spec["name"], "fitting_layouts": len(rows)}
     if args.explain and rows:
-        extra["explain"] = explain(rows[0], spec, cfg.train.global_batch_size)
+        extra["explain"] = explain(rows[0], spec, cfg)
     print_table(plan_rows(rows, args.top), plan_columns(spec), title=title, as_json=args.json,
                 extra=extra)
     if args.explain and rows and not args.json:
@@ -144,7 +167,7 @@ def _check_config(cfg, world: int, spec: dict) -> int:
     arch = cfg.model.resolved_arch()
     row = PlanRow(c, peak_memory(arch, c, **kw),
                   step_time(arch, c, spec, global_batch_size=cfg.train.global_batch_size, **kw))
-    print(explain(row, spec, cfg.train.global_batch_size))
+    print(explain(row, spec, cfg))
     fits = row.memory["total"] <= HEADROOM * spec["memory_gb"] * GB
     print("fits" if fits else "does NOT fit")
     return 0 if fits else 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megavid.config import StageMap
+from megavid.config.fp8 import least_multiple, padded
 from megavid.config.presets import (
     ModelArch,
     _stack_parameters,
@@ -42,25 +43,58 @@ class Candidate:
     sequence_parallel: bool = True  # ignored at tp=1
     distributed_optimizer: bool = True
     bf16: bool = True
+    decoder_fp8: bool = False  # with fp8: the decoder's GEMMs too (model.decoder_fp8)
+    fp8_align: int = 16  # FP8 GEMM alignment of the recipe (megavid.config.fp8.fp8_alignment)
+    pad_to_multiple_of: int = 0  # model.pad_to_multiple_of; 0: what SP and FP8 need
+    token_padding: bool = True  # off: the same layout without padding (what it costs)
 
 
 @dataclass(frozen=True)
 class LayerShape:
-    """One transformer layer of the stack: tokens it sees, width, MLP width, heads."""
+    """One transformer layer of the stack: tokens it runs on (padded), width, MLP width,
+    heads, and the useful tokens among them."""
 
     tokens: int
     width: int
     ffn: int
     heads: int
+    useful: int = 0
+    fp8: bool = False
 
 
-def stack_layers(arch: ModelArch, mask_ratio: float, masking: str) -> list[LayerShape]:
-    """The encoder (on K visible tubelets) then the decoder (on all N), in stack order."""
-    k = num_visible(arch.grid, mask_ratio, masking)
-    enc = LayerShape(k, arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads)
-    dec = LayerShape(arch.num_tokens, arch.decoder_hidden_size, arch.decoder_ffn_hidden_size,
-                     arch.decoder_num_attention_heads)
-    return [enc] * arch.num_layers + [dec] * arch.decoder_num_layers
+def stack_tokens(arch: ModelArch, c: Candidate | None, *, mask_ratio: float, masking: str,
+                 decoder: bool) -> tuple[int, int]:
+    """(useful, padded) tokens per clip of one stack: megavid.config.fp8's rule for ``c``
+    (no layout, or ``c.token_padding`` off: unpadded)."""
+    real = arch.num_tokens if decoder else num_visible(arch.grid, mask_ratio, masking)
+    if c is None or not c.token_padding:
+        return real, real
+    split = c.tp if c.sequence_parallel and c.tp > 1 else 1
+    multiple = c.pad_to_multiple_of or least_multiple(
+        split=split, align=c.fp8_align if _stack_fp8(c, decoder) else 1,
+        micro_batch=c.micro_batch_size)
+    return real, padded(real, multiple)
+
+
+def _stack_fp8(c: Candidate | None, decoder: bool) -> bool:
+    return c is not None and c.fp8 and (c.decoder_fp8 or not decoder)
+
+
+def stack_layers(arch: ModelArch, mask_ratio: float, masking: str,
+                 c: Candidate | None = None) -> list[LayerShape]:
+    """The encoder (on K visible tubelets) then the decoder (on all N), in stack order,
+    each on the token count layout ``c`` pads it to."""
+    shapes = []
+    for decoder, width, ffn, heads, depth in (
+            (False, arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads,
+             arch.num_layers),
+            (True, arch.decoder_hidden_size, arch.decoder_ffn_hidden_size,
+             arch.decoder_num_attention_heads, arch.decoder_num_layers)):
+        real, tokens = stack_tokens(arch, c, mask_ratio=mask_ratio, masking=masking,
+                                    decoder=decoder)
+        shapes += [LayerShape(tokens, width, ffn, heads, useful=real,
+                              fp8=_stack_fp8(c, decoder))] * depth
+    return shapes
 
 
 def rank_layers(layers: list, pp: int, vpp: int, rank: int) -> list[list]:
@@ -161,7 +195,7 @@ def rank_memory(arch: ModelArch, c: Candidate, rank: int, *, mask_ratio: float,
                 masking: str) -> dict:
     """Bytes per GPU of pipeline rank ``rank``, by part."""
     params = rank_parameters(arch, c, rank)
-    layers = stack_layers(arch, mask_ratio, masking)
+    layers = stack_layers(arch, mask_ratio, masking, c)
     chunks = rank_layers(layers, c.pp, c.vpp, rank)
     per_mb = sum(layer_activation_bytes(l, c) for chunk in chunks for l in chunk) + \
         ends_activation_bytes(arch, c, rank, mask_ratio=mask_ratio, masking=masking)

@@ -26,14 +26,14 @@ HBM_EFFICIENCY = 0.8  # achieved / datasheet HBM bandwidth when a GEMM streams i
 COLLECTIVE_LATENCY_S = {"nvlink": 10e-6, "ib": 25e-6}  # per NCCL collective or p2p message
 
 
-def _gemm_seconds(m: int, k: int, n: int, spec: dict, c: Candidate) -> float:
+def _gemm_seconds(m: int, k: int, n: int, spec: dict, c: Candidate, fp8: bool) -> float:
     """Roofline time of one (m x k) @ (k x n) GEMM: compute- or bandwidth-bound.
 
     The 4DS encoder sees few visible tokens (79 per clip at mask 0.95), so at small
     micro-batches its GEMMs stream weights faster than they multiply: mbs matters.
     """
-    prec = "fp8" if c.fp8 else "bf16"
-    elem = 1 if c.fp8 else (2 if c.bf16 else 4)
+    prec = "fp8" if fp8 else "bf16"
+    elem = 1 if fp8 else (2 if c.bf16 else 4)
     flops = 2 * m * k * n / (spec[prec] * 1e12 * MATMUL_EFFICIENCY[prec])
     traffic = (k * n + m * k + m * n) * elem / (spec["hbm_gbs"] * 1e9 * HBM_EFFICIENCY)
     return max(flops, traffic)
@@ -43,8 +43,9 @@ def _layer_forward_seconds(layer: LayerShape, b: int, spec: dict, c: Candidate) 
     """Forward seconds of one layer's four linears (TP-sharded) and its attention."""
     s, h, f, t = layer.tokens, layer.width, layer.ffn, c.tp
     m = s * b
-    linears = (_gemm_seconds(m, h, 3 * h // t, spec, c) + _gemm_seconds(m, h // t, h, spec, c)
-               + _gemm_seconds(m, h, f // t, spec, c) + _gemm_seconds(m, f // t, h, spec, c))
+    q = layer.fp8
+    linears = (_gemm_seconds(m, h, 3 * h // t, spec, c, q) + _gemm_seconds(m, h // t, h, spec, c, q)
+               + _gemm_seconds(m, h, f // t, spec, c, q) + _gemm_seconds(m, f // t, h, spec, c, q))
     attention = b * 4 * s * s * h / t / (spec["bf16"] * 1e12 * MATMUL_EFFICIENCY["bf16"])
     return linears + attention
 
@@ -65,7 +66,8 @@ def rank_time(arch: ModelArch, c: Candidate, rank: int, spec: dict, *,
     attn_rate = spec["bf16"] * 1e12 * MATMUL_EFFICIENCY["bf16"]
     compute = comm = 0.0
     tp_link, tp_latency = _link(spec, t)
-    for chunk in rank_layers(stack_layers(arch, mask_ratio, masking), c.pp, c.vpp, rank):
+    layers = stack_layers(arch, mask_ratio, masking, c)  # on padded tokens: what runs
+    for chunk in rank_layers(layers, c.pp, c.vpp, rank):
         for layer in chunk:
             # backward = dgrad + wgrad, each a forward-sized GEMM; selective adds QK^T/AV again
             compute += passes * _layer_forward_seconds(layer, b, spec, c)
@@ -82,7 +84,7 @@ def rank_time(arch: ModelArch, c: Candidate, rank: int, spec: dict, *,
     p2p = 0.0
     if c.pp > 1:  # each chunk receives/sends its activations forward and its grads backward
         span = t * c.dp * c.pp
-        widest = max(l.tokens * l.width for l in stack_layers(arch, mask_ratio, masking))
+        widest = max(l.tokens * l.width for l in layers)
         volume = widest * b * elem / (t if c.sequence_parallel and t > 1 else 1)
         bandwidth, latency = _link(spec, span)
         p2p = c.vpp * 2 * (volume / bandwidth + latency)
@@ -118,6 +120,7 @@ def step_time(arch: ModelArch, c: Candidate, spec: dict, *, mask_ratio: float,
     shard = params / c.dp if c.distributed_optimizer else params
     optimizer = shard * 32 / (spec["hbm_gbs"] * 1e9 * HBM_EFFICIENCY)
     step = pipeline + dp + optimizer
+    # useful FLOPs only: MFU does not count the padding (its time is in ``step``)
     model_flops = mae_train_flops_per_clip(arch, mask_ratio=mask_ratio, masking=masking) \
         * global_batch_size
     world = c.tp * c.pp * c.dp

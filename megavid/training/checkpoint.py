@@ -21,8 +21,10 @@ verification, pruning) lives in ``checkpoint_dirs``.
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -47,6 +49,7 @@ from megavid.training.common_state import (
     read_common,
     weights_only_loads,
 )
+from megavid.training.fp8_state import FP8StateAside
 
 _METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -144,7 +147,8 @@ def _load(state: dict, directory: Path, strict: StrictHandling):
         return dist_checkpointing.load(state, str(directory), strict=strict, **load_kwargs())
 
 
-def _load_sharded(state: dict, directory: Path, *, every_key: bool) -> dict:
+def _load_sharded(state: dict, directory: Path, *, every_key: bool,
+                  fp8: FP8StateAside) -> dict:
     """``dist_checkpointing.load``; ``every_key``: the checkpoint and ``state`` hold the same keys.
 
     A new layout cannot use the old per-rank RNG states, so that key alone may go
@@ -155,7 +159,7 @@ def _load_sharded(state: dict, directory: Path, *, every_key: bool) -> dict:
     if not every_key:
         return _load(state, directory, StrictHandling.LOG_UNEXPECTED)
     loaded, missing, unexpected = _load(state, directory, StrictHandling.RETURN_ALL)
-    maybe_report_missing_and_unexpected_keys(missing - {COMMON_STATE_KEY}, unexpected)
+    maybe_report_missing_and_unexpected_keys(missing - {COMMON_STATE_KEY} - fp8.saved, unexpected)
     return loaded
 
 
@@ -172,21 +176,30 @@ def _sharded_state(model, optimizer, *, is_loading: bool, with_rng: bool) -> dic
     return state
 
 
-def load_weights(model, directory: Path) -> None:
+def _rank0_stderr(line: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"megavid: {line}", file=sys.stderr, flush=True)
+
+
+def load_weights(model, directory: Path, *, info: Callable[[str], None] = _rank0_stderr) -> None:
     """Model tensors only, into this rank's chunks (any layout); optimizer state is not read.
 
     Also loads a part of a model (the feature API's encoder-only chunks): tensors
     the chunks do not ask for are left in the checkpoint; one they ask for and
-    the checkpoint lacks is an error.
+    the checkpoint lacks is an error. Either backend's checkpoint loads into either
+    (``fp8_state``).
     """
     state = {f"model{i}": _unwrap(chunk).sharded_state_dict(metadata=_METADATA)
              for i, chunk in enumerate(model)}
+    fp8 = FP8StateAside([_unwrap(chunk) for chunk in model], state, directory)
     try:
         loaded = _load(state, directory, StrictHandling.RAISE_UNEXPECTED)
     except (CheckpointingException, DCPException) as err:  # e.g. a shape mismatch
         raise dirs.CheckpointError(f"{directory}: {_first_reason(err)}") from None
+    fp8.restore(loaded)
     for i, chunk in enumerate(model):
         _unwrap(chunk).load_state_dict(loaded[f"model{i}"])
+    fp8.report(info)
 
 
 def _prepare_partial(root: Path, step: int) -> Path:
@@ -297,7 +310,7 @@ class Checkpointer:
             self.info(f"[yellow]skipped damaged checkpoint[/yellow]: {note}")
         common = read_common(directory)
         if self.cfg.finetune or common.get("weights_only"):
-            load_weights(model, directory)
+            load_weights(model, directory, info=self.info)
             optimizer.reload_model_params()  # bf16: the fp32 main copies follow the weights
             why = "--finetune" if self.cfg.finetune else "the checkpoint holds weights only"
             self.info(f"loaded model weights from {directory} ({why}): starting at step 0 with "
@@ -312,12 +325,15 @@ class Checkpointer:
         same_layout = saved == current
         _prepare_fresh_optimizer(optimizer)
         state = _sharded_state(model, optimizer, is_loading=True, with_rng=same_layout)
+        fp8 = FP8StateAside([_unwrap(chunk) for chunk in model], state, directory)
         try:
-            loaded = _load_sharded(state, directory, every_key=same_layout)
+            loaded = _load_sharded(state, directory, every_key=same_layout, fp8=fp8)
         except (CheckpointingException, DCPException) as err:  # e.g. a shape mismatch
             raise dirs.CheckpointError(f"{directory}: {_first_reason(err)}") from None
+        fp8.restore(loaded)
         for i, chunk in enumerate(model):
             _unwrap(chunk).load_state_dict(loaded[f"model{i}"])
+        fp8.report(self.info)
         _load_optimizer(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(common["scheduler"])
         if same_layout:

@@ -12,7 +12,8 @@ import torch
 
 import megavid.kernels as kernels
 from megavid.config import RunConfig
-from megavid.config.preflight import Machine, resolve_backend
+from megavid.config.fp8 import stack_fp8
+from megavid.config.preflight import Machine
 
 
 def _version(dist: str) -> str:
@@ -22,10 +23,13 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def _backend(cfg: RunConfig, machine: Machine) -> str:
-    backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8, machine=machine)
+def _backend(cfg: RunConfig, machine: Machine, backend: str) -> str:
     if backend == "transformer_engine":
-        return "transformer engine"
+        tc = cfg.train
+        if tc.fp8 is None:
+            return "transformer engine"
+        decoder = "fp8" if stack_fp8(cfg, decoder=True) else "bf16"
+        return f"transformer engine, fp8 {tc.fp8} {tc.fp8_recipe} (decoder {decoder})"
     return "local" + ("" if machine.transformer_engine else " (no Transformer Engine)")
 
 
@@ -52,16 +56,15 @@ def _decoder(cfg: RunConfig, machine: Machine) -> str:
     return "dali gpu" if device == "gpu" else "dali cpu for vp8/vp9, else pyav"
 
 
-def describe_choices(cfg: RunConfig, machine: Machine | None = None) -> str:
+def describe_choices(cfg: RunConfig, machine: Machine, backend: str) -> str:
     """``backend local | kernels reference (torch) | decoder pyav | megatron-core 0.16.1 | ...``
 
     Transformer Engine's version is named where it is installed (the pairing that
     pyproject's ``te`` extra states for each megatron-core).
     """
-    machine = machine or Machine.detect()
-    te = _version("transformer-engine")
-    return (f"backend {_backend(cfg, machine)} | kernels {_kernels(cfg, machine)} | "
+    te = machine.te_version
+    return (f"backend {_backend(cfg, machine, backend)} | kernels {_kernels(cfg, machine)} | "
             f"decoder {_decoder(cfg, machine)} | "
             f"megatron-core {_version('megatron-core')}"
-            + ("" if te == "?" else f" | transformer-engine {te}")
+            + ("" if te is None else f" | transformer-engine {te}")
             + f" | torch {torch.__version__}")

@@ -16,6 +16,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megavid import faults
 from megavid.config import RunConfig, has_validation
+from megavid.config.fp8 import stack_tokens
 from megavid.config.preflight import Machine, preflight
 from megavid.config.presets import num_visible
 from megavid.data import build_train_loader
@@ -67,7 +68,7 @@ class Trainer:
                                  enabled=dist.get_rank() == 0, resolved_config=cfg.to_dict())
 
         # Model: build this rank's chunks, give them layout-free values, wrap for DP.
-        chunks = build_model_chunks(cfg, self.arch)
+        chunks = build_model_chunks(cfg, self.arch, backend=layout.backend)
         for chunk in chunks:
             initialize_chunk(chunk, seed=cfg.train.seed, std=cfg.model.init_std)
         self.model = wrap_model(cfg, chunks)
@@ -132,7 +133,12 @@ class Trainer:
             f"{num_visible(arch.grid, self.cfg.model.mask_ratio, self.cfg.model.masking)} visible"
             f" | rank-0 params {n_params:,} | logs {self.progress.log_dir}"
         )
-        self.progress.info(describe_choices(self.cfg, self.machine))
+        self.progress.info(describe_choices(self.cfg, self.machine, lay.backend))
+        padding = [f"{stack} {real} -> {pad}"
+                   for stack, (real, pad) in stack_tokens(self.cfg).items() if pad != real]
+        if padding:
+            self.progress.info(f"tokens per clip padded for sequence parallelism / FP8: "
+                               f"{', '.join(padding)} (masked out; MFU counts the real ones)")
         tc = self.cfg.train
         if tc.resolved_warmup_iters() != tc.lr_warmup_iters:
             self.progress.info(

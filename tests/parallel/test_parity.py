@@ -3,7 +3,8 @@
 The named layouts follow torchtitan's habit of listing parallelism combinations
 by name. The tiny preset has 6 encoder + 2 decoder layers, so pp=2 cuts inside
 the encoder-decoder transition chunk and pp2_vpp2 puts it on a chunk boundary;
-mask ratio 0.8 leaves 13 visible tubelets, so tp=2 with SP pads to 14.
+mask ratio 0.8 leaves 13 visible tubelets, so tp=2 with SP pads to 14; forcing a
+padding of 16 (what FP8 needs) or 48 must change nothing.
 """
 
 from __future__ import annotations
@@ -26,18 +27,51 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, shared_launch):
-    return shared_launch.pretrain(tmp_path_factory.mktemp("single"), 1, *COMMON)
+def runs(tmp_path_factory, shared_launch):
+    """Metrics of a named run, trained once per module."""
+    done = {}
+
+    def run(name: str, nproc: int, *flags: str) -> list[dict]:
+        if name not in done:
+            done[name] = shared_launch.pretrain(tmp_path_factory.mktemp(name), nproc, *COMMON,
+                                                *flags)
+        return done[name]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    return runs("single", 1)
 
 
 @pytest.mark.parametrize("name", [  # 4 ranks on 2 cores: 30-31 s
     pytest.param(name, marks=pytest.mark.slow) if LAYOUTS[name][0] > 2 else name for name in LAYOUTS])
-def test_layout_matches_single_process(name, reference, tmp_path, launch):
+def test_layout_matches_single_process(name, reference, runs):
     nproc, flags = LAYOUTS[name]
-    metrics = launch.pretrain(tmp_path, nproc, *COMMON, *flags)
+    metrics = runs(name, nproc, *flags)
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for ref, got in zip(reference, metrics):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5), (name, ref["step"])
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), (name, ref["step"])
     # the run must actually move: a parity test of a frozen model proves nothing
     assert reference[0]["grad_norm"] > 0 and reference[2]["loss"] != reference[0]["loss"]
+
+
+PAD = ("--set", "model.pad_to_multiple_of={}")
+
+
+@pytest.mark.parametrize("name, nproc, flags, multiple", [
+    ("single", 1, (), 16),  # encoder 13 -> 16 tokens per clip
+    ("tp2_sp", 2, LAYOUTS["tp2_sp"][1], 16),  # 13 -> 16, 8 per rank
+    pytest.param("single", 1, (), 48, marks=pytest.mark.slow),  # decoder 64 -> 96 too
+])
+def test_token_padding_changes_nothing(name, nproc, flags, multiple, runs):
+    """Padding (FP8's rule, forced here on CPU) is masked out: the same losses and grad
+    norms as the unpadded run of the same layout, to 1e-6."""
+    unpadded = runs(name, nproc, *flags)
+    padded = runs(f"{name}_pad{multiple}", nproc, *flags, PAD[0], PAD[1].format(multiple))
+    assert [m["step"] for m in padded] == [1, 2, 3]
+    for ref, got in zip(unpadded, padded):
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-6), ref["step"]
+        assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-6), ref["step"]

@@ -8,6 +8,7 @@ import pytest
 
 from megavid.config import load_config
 from megavid.config.presets import count_parameters, get_preset
+from megavid.parallel.devices import gpu_spec
 from megavid.plan import GB, enumerate_layouts, estimate_memory_per_gpu, plan
 from megavid.plan.__main__ import main
 from megavid.plan.model import (
@@ -16,9 +17,13 @@ from megavid.plan.model import (
     in_flight,
     layer_activation_bytes,
     peak_memory,
+    stack_layers,
+    stack_tokens,
 )
+from megavid.plan.timing import step_time
 
 REPO = Path(__file__).resolve().parents[2]
+_SPEC = gpu_spec("h100-80gb")
 
 
 def _cfg(preset: str, gbs: int, **overrides):
@@ -118,5 +123,33 @@ def test_cli_runs(capsys):
                  "--explain"]) == 0
     out = capsys.readouterr().out
     assert "MFU" in out and "bubble" in out and "fitting layouts" in out
+    assert "encoder 79 -> 80, decoder 1568 (no padding)" in out  # tp8 sp, fp8 at mbs 32
+    assert "padding costs" in out
     assert main(["--config", str(REPO / "examples" / "4ds_j_cluster.yaml"), "--gpus", "256",
                  "--check-config"]) == 0
+
+
+def test_padding_costs_time_and_memory_but_not_model_flops():
+    """4DS-B at mask 0.95 (79 visible tubelets), FP8 at micro-batch 1: the encoder runs on
+    80 tokens (16-aligned rows), the decoder on 1568 (already aligned); the time and memory
+    model count 80, the MFU's FLOPs 79."""
+    arch, kw = get_preset("4ds-b"), dict(mask_ratio=0.95, masking="random")
+    c = Candidate(tp=1, pp=1, vpp=1, dp=1, micro_batch_size=1, num_microbatches=8, fp8=True)
+    assert stack_tokens(arch, c, decoder=False, **kw) == (79, 80)
+    assert stack_tokens(arch, c, decoder=True, **kw) == (1568, 1568)
+    assert stack_tokens(arch, c.__class__(**{**c.__dict__, "micro_batch_size": 16}),
+                        decoder=False, **kw) == (79, 79)
+    layers = stack_layers(arch, c=c, **kw)
+    assert [(l.tokens, l.useful, l.fp8) for l in (layers[0], layers[-1])] == \
+        [(80, 79, True), (1568, 1568, False)]  # the decoder stays bf16 by default
+    unpadded = Candidate(**{**c.__dict__, "token_padding": False})
+    padded_t = step_time(arch, c, _SPEC, global_batch_size=8, **kw)
+    plain_t = step_time(arch, unpadded, _SPEC, global_batch_size=8, **kw)
+    assert padded_t["step"] > plain_t["step"]
+    assert padded_t["model_flops"] == plain_t["model_flops"]
+    assert padded_t["mfu"] < plain_t["mfu"]
+    assert peak_memory(arch, c, **kw)["activations"] > \
+        peak_memory(arch, unpadded, **kw)["activations"]
+    # an explicit multiple pads both stacks
+    both = Candidate(**{**c.__dict__, "pad_to_multiple_of": 48})
+    assert stack_tokens(arch, both, decoder=True, **kw) == (1568, 1584)
