@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from megatron.core.fp8_utils import is_first_last_bf16_layer
+from megatron.core.fp8_utils import get_fp8_align_size, is_first_last_bf16_layer
 
 from megavid.cli import build_parser, parse_args
 from megavid.config import ConfigError, Machine, load_config, preflight
 from megavid.config.fp8 import (
+    RECIPES,
     automatic_multiple,
     fp8_alignment,
     least_multiple,
@@ -28,6 +29,7 @@ def _cfg(**overrides):
 
 
 def test_alignment_is_megatron_cores_per_recipe():
+    assert [fp8_alignment(r) for r in RECIPES] == [get_fp8_align_size(r) for r in RECIPES]
     assert [fp8_alignment(r) for r in ("delayed", "tensorwise", "blockwise", "mxfp8")] == \
         [16, 16, 16, 32]
 

@@ -63,7 +63,8 @@ PAD = ("--set", "model.pad_to_multiple_of={}")
 
 @pytest.mark.parametrize("name, nproc, flags, multiple", [
     ("single", 1, (), 16),  # encoder 13 -> 16 tokens per clip
-    ("tp2_sp", 2, LAYOUTS["tp2_sp"][1], 16),  # 13 -> 16, 8 per rank
+    pytest.param("tp2_sp", 2, LAYOUTS["tp2_sp"][1], 16,  # 13 -> 16, 8 per rank (12 s)
+                 marks=pytest.mark.slow),
     pytest.param("single", 1, (), 48, marks=pytest.mark.slow),  # decoder 64 -> 96 too
 ])
 def test_token_padding_changes_nothing(name, nproc, flags, multiple, runs):
