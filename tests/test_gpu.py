@@ -126,6 +126,29 @@ print("features_rel_diff", float((x - y).norm() / y.norm()))
 """
 
 
+def test_cuda_graphs_do_not_change_the_losses(tmp_path, launch):
+    """megatron-core's per-layer graphs (captured after cuda_graph_warmup_steps = 3) replay
+    the same kernels: steps 1-6 as eager."""
+    _needs_te()
+    six = ("--train-iters", "6")
+    eager = launch.pretrain(tmp_path / "eager", 1, *COMMON, *TE, *six)
+    graphs = launch.pretrain(tmp_path / "graphs", 1, *COMMON, *TE, *six,
+                             "--cuda-graph-impl", "local")
+    assert _losses(graphs) == pytest.approx(_losses(eager), rel=1e-4)
+    assert [r["grad_norm"] for r in graphs] == pytest.approx([r["grad_norm"] for r in eager],
+                                                             rel=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_tp_comm_overlap_does_not_change_the_losses(tmp_path, launch):
+    """TE userbuffers (the encoder's TP collectives under its GEMMs) compute the same sums."""
+    _needs_te()
+    tp2 = (*COMMON, *WIDE, *TE, "--tp", "2", "--sp")
+    plain = launch.pretrain(tmp_path / "plain", 2, *tp2)
+    overlap = launch.pretrain(tmp_path / "overlap", 2, *tp2, "--tp-comm-overlap")
+    assert _losses(overlap) == pytest.approx(_losses(plain), rel=1e-3)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_nccl_tp2_sp_matches_single_gpu(tmp_path, launch):
     single = launch.pretrain(tmp_path / "one", 1, *COMMON, "--transformer-impl", "local")

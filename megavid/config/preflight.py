@@ -267,6 +267,17 @@ def check_fp8_machine(recipe: str, machine: Machine) -> None:
                           "upgrade TE or pick --fp8-recipe delayed")
 
 
+def check_overlap_machine(cfg: RunConfig, backend: str, machine: Machine) -> None:
+    """CUDA graphs need CUDA; TP communication overlap needs Transformer Engine on CUDA."""
+    par = cfg.parallel
+    if par.cuda_graph_impl != "none" and not machine.cuda:
+        raise ConfigError(f"--cuda-graph-impl {par.cuda_graph_impl} needs CUDA (graphs replay "
+                          "captured GPU kernels); drop it on this machine")
+    if par.tp_comm_overlap and backend != "transformer_engine":
+        raise ConfigError("--tp-comm-overlap needs the Transformer Engine layer spec on CUDA "
+                          f"(TE's userbuffers; {TE_HINT}); drop --tp-comm-overlap")
+
+
 def require_dali(installed: bool) -> None:
     """data.decoder=dali needs DALI installed (on CPU it decodes VP8/VP9 only)."""
     if not installed:
@@ -284,6 +295,7 @@ def preflight(cfg: RunConfig, world_size: int, machine: Machine | None = None) -
     backend = resolve_backend(cfg.model.transformer_impl, fp8=cfg.train.fp8, machine=machine)
     if cfg.train.fp8 is not None:
         check_fp8_machine(cfg.train.fp8_recipe, machine)
+    check_overlap_machine(cfg, backend, machine)
     if cfg.data.decoder == "dali" and not cfg.data.mock:
         require_dali(machine.dali)
     return dataclasses.replace(layout, backend=backend)

@@ -166,10 +166,36 @@ class ParallelConfig:
     sequence_parallel: bool = False  # shard LayerNorm/dropout activations along tokens (needs tp>1)
     use_distributed_optimizer: bool = False  # ZeRO-1 style sharding of optimizer state over DP
     overlap_grad_reduce: bool = False
+    # all-gather the updated parameters during the next step's forward instead of at the end
+    # of the optimizer step (megatron-core's overlap_param_gather; needs the distributed optimizer)
+    overlap_param_gather: bool = False
+    # overlap the encoder's TP all-gathers/reduce-scatters with its GEMMs through Transformer
+    # Engine's userbuffers (megatron-core's tp_comm_overlap; TE on CUDA, --tp > 1 with --sp).
+    # The decoder's TP collectives stay unoverlapped: TE registers one buffer shape per job.
+    tp_comm_overlap: bool = False
+    # none | local: megatron-core's per-layer CUDA graphs, captured by its pipeline schedules
+    # after cuda_graph_warmup_steps (the token counts per stack are static, as graphs need)
+    cuda_graph_impl: str = "none"
     # a collective not completed within this many minutes fails, naming the unresponsive ranks
     distributed_timeout_minutes: float = 10.0
 
+    CHOICES: ClassVar[dict] = {"cuda_graph_impl": ("none", "local", "transformer_engine")}
+
     def check(self) -> None:
+        _check_choices(self, "parallel")
+        if self.cuda_graph_impl == "transformer_engine":
+            raise ConfigError(
+                "--cuda-graph-impl transformer_engine is not supported: megatron-core's "
+                "TECudaGraphHelper builds every layer's static inputs from one sequence length and "
+                "a causal mask, and megavid's encoder and decoder differ in both; use "
+                "--cuda-graph-impl local")
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer (the "
+                              "sharded optimizer is what all-gathers the parameters)")
+        if self.tp_comm_overlap and not (self.tensor_model_parallel_size > 1
+                                         and self.sequence_parallel):
+            raise ConfigError("--tp-comm-overlap needs --tp > 1 with --sp (it overlaps the "
+                              "sequence-parallel all-gathers and reduce-scatters)")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ConfigError("--sp needs --tp > 1 (sequence parallelism shards along the TP "
                               "group)")

@@ -49,7 +49,8 @@ def _fp8_fields(cfg: RunConfig, *, decoder: bool) -> dict:
 
 
 def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
-                       total_layers: int, decoder: bool = False) -> TransformerConfig:
+                       total_layers: int, decoder: bool = False,
+                       backend: str = "local") -> TransformerConfig:
     """A megatron-core TransformerConfig for the encoder's or the decoder's stack."""
     par, tc = cfg.parallel, cfg.train
     dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
@@ -98,6 +99,11 @@ def transformer_config(cfg: RunConfig, *, width: int, ffn: int, heads: int,
         deallocate_pipeline_outputs=True,
         # batched, PP=2 interleaving crosses activations and gradients (0.16.1 and 0.19.2)
         batch_p2p_comm=False,
+        # TP overlap: the encoder only (TE's userbuffers have one shape, megavid.parallel.tp_overlap)
+        tp_comm_overlap=par.tp_comm_overlap and not decoder,
+        cuda_graph_impl=par.cuda_graph_impl,
+        # TE modules under CUDA graphs need TE's graph-safe RNG tracker (as Megatron-LM sets it)
+        use_te_rng_tracker=par.cuda_graph_impl != "none" and backend == "transformer_engine",
         **recompute,
         **_fp8_fields(cfg, decoder=decoder),
     )
@@ -116,11 +122,12 @@ def build_model_chunks(cfg: RunConfig, arch: ModelArch | None = None, *,
     total = arch.num_layers + arch.decoder_num_layers
     stages = StageMap(total, pp, vpp)
     enc_cfg = transformer_config(cfg, width=arch.hidden_size, ffn=arch.ffn_hidden_size,
-                                 heads=arch.num_attention_heads, total_layers=total)
+                                 heads=arch.num_attention_heads, total_layers=total,
+                                 backend=backend)
     dec_cfg = transformer_config(cfg, width=arch.decoder_hidden_size,
                                  ffn=arch.decoder_ffn_hidden_size,
                                  heads=arch.decoder_num_attention_heads, total_layers=total,
-                                 decoder=True)
+                                 decoder=True, backend=backend)
     qkv_bias = cfg.model.qkv_bias
     tokens = stack_tokens(cfg)  # {"encoder": (tokens, padded), "decoder": ...}
     enc_spec, dec_spec = (get_layer_spec(backend, padding_mask=padded != real, qkv_bias=qkv_bias)

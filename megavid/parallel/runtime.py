@@ -166,8 +166,9 @@ def write_rank_layout(directory: str) -> dict:
     return layout
 
 
-def set_seed(seed: int) -> None:
-    """Seed every generator; the model-parallel tracker gets per-TP-rank streams.
+def set_seed(seed: int, *, te_rng_tracker: bool = False) -> None:
+    """Seed every generator; the model-parallel tracker gets per-TP-rank streams
+    (``te_rng_tracker``: Transformer Engine's graph-safe tracker, for CUDA graphs).
 
     Parameter initialisation does not draw from these (see
     ``megavid.models.initialization``), so the model is the same whatever the layout.
@@ -180,7 +181,7 @@ def set_seed(seed: int) -> None:
     random.seed(local_seed)
     np.random.seed(local_seed)
     torch.manual_seed(local_seed)
-    model_parallel_cuda_manual_seed(local_seed)
+    model_parallel_cuda_manual_seed(local_seed, te_rng_tracker=te_rng_tracker)
 
 
 def shutdown() -> None:

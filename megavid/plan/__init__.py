@@ -27,6 +27,17 @@ from megavid.plan.model import (
 from megavid.plan.timing import step_time
 
 MICRO_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# the throughput levers the planner models (megavid.plan.timing), by their --levers names
+LEVERS = {"graphs": "cuda_graphs", "tp-overlap": "tp_comm_overlap",
+          "param-gather": "overlap_param_gather"}
+
+
+def with_levers(c: Candidate, levers) -> Candidate:
+    """``c`` with the named levers on where its layout allows them: TP overlap needs TP > 1
+    with SP, the parameter all-gather overlap the distributed optimizer."""
+    allowed = {"graphs": True, "tp-overlap": c.tp > 1 and c.sequence_parallel,
+               "param-gather": c.distributed_optimizer and c.dp > 1}
+    return dataclasses.replace(c, **{LEVERS[name]: True for name in levers if allowed[name]})
 TP_SIZES = (1, 2, 4, 8)  # TP stays inside an 8-GPU NVLink node
 
 
@@ -51,6 +62,8 @@ def candidate_from_config(cfg: RunConfig, world_size: int) -> Candidate:
         distributed_optimizer=par.use_distributed_optimizer,
         bf16=tc.precision == "bf16", decoder_fp8=cfg.model.decoder_fp8,
         fp8_align=fp8_alignment(tc.fp8_recipe), pad_to_multiple_of=cfg.model.pad_to_multiple_of,
+        cuda_graphs=par.cuda_graph_impl != "none", tp_comm_overlap=par.tp_comm_overlap,
+        overlap_param_gather=par.overlap_param_gather,
     )
 
 
@@ -91,8 +104,9 @@ def enumerate_layouts(cfg: RunConfig, world_size: int, *, fp8_options=(False, Tr
                             yield dataclasses.replace(base, recompute=recompute, fp8=fp8)
 
 
-def plan(cfg: RunConfig, world_size: int, gpu: str, *, allow_fp8: bool = True) -> list[PlanRow]:
-    """Fitting layouts, fastest first."""
+def plan(cfg: RunConfig, world_size: int, gpu: str, *, allow_fp8: bool = True,
+         levers=()) -> list[PlanRow]:
+    """Fitting layouts, fastest first, with the named ``levers`` on (besides the config's)."""
     spec = gpu_spec(gpu)
     arch = cfg.model.resolved_arch()
     kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
@@ -100,6 +114,7 @@ def plan(cfg: RunConfig, world_size: int, gpu: str, *, allow_fp8: bool = True) -
     limit = spec["memory_gb"] * GB * HEADROOM
     rows, no_recompute = [], {}
     for c in enumerate_layouts(cfg, world_size, fp8_options=fp8_options):
+        c = with_levers(c, levers)
         mem = peak_memory(arch, c, **kw)
         key = dataclasses.replace(c, recompute="none")
         if c.recompute == "none":
@@ -114,5 +129,5 @@ def plan(cfg: RunConfig, world_size: int, gpu: str, *, allow_fp8: bool = True) -
     return rows
 
 
-__all__ = ["GB", "Candidate", "PlanRow", "candidate_from_config", "enumerate_layouts",
-           "estimate_memory_per_gpu", "plan", "HEADROOM"]
+__all__ = ["GB", "Candidate", "LEVERS", "PlanRow", "candidate_from_config", "enumerate_layouts",
+           "estimate_memory_per_gpu", "plan", "with_levers", "HEADROOM"]

@@ -7,7 +7,15 @@ import dataclasses
 
 from megavid.config import load_config
 from megavid.parallel.devices import GPU_ALIASES, gpu_spec
-from megavid.plan import GB, HEADROOM, PlanRow, candidate_from_config, plan
+from megavid.plan import (
+    GB,
+    HEADROOM,
+    LEVERS,
+    PlanRow,
+    candidate_from_config,
+    plan,
+    with_levers,
+)
 from megavid.plan.model import (
     COMM_EFFICIENCY,
     MATMUL_EFFICIENCY,
@@ -46,6 +54,7 @@ def plan_rows(rows: list[PlanRow], top: int) -> list[dict]:
             "micro_batch_size": c.micro_batch_size, "num_microbatches": c.num_microbatches,
             "recompute": c.recompute, "fp8": bool(c.fp8),
             "distributed_optimizer": bool(c.distributed_optimizer),
+            **{field: bool(getattr(c, field)) for field in LEVERS.values()},
             "memory_gb": row.memory["total"] / GB, "step_s": t["step"], "bubble": t["bubble"],
             "mfu": t["mfu"],
         })
@@ -70,6 +79,23 @@ def _padding_lines(row: PlanRow, spec: dict, cfg) -> list[str]:
         f"  padding costs {cost * 1e3:.1f} ms of the step ({cost / row.time['step']:.1%}); "
         "MFU counts the useful tokens only",
     ]
+
+
+def _lever_lines(row: PlanRow, spec: dict, cfg) -> list[str]:
+    """Step time and MFU of this layout with no lever, each lever alone, and all of them."""
+    c, arch = row.candidate, cfg.model.resolved_arch()
+    kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking,
+              global_batch_size=cfg.train.global_batch_size)
+    bare = dataclasses.replace(c, **{field: False for field in LEVERS.values()})
+    cases = [("no lever", bare)] + [(f"+ {name}", with_levers(bare, [name])) for name in LEVERS]
+    cases.append(("all levers", with_levers(bare, LEVERS)))
+    parts = []
+    for name, case in cases:
+        t = step_time(arch, case, spec, **kw)
+        parts.append(f"{name} {t['step']:.3f} s ({t['mfu']:.1%})")
+    on = [name for name, field in LEVERS.items() if getattr(c, field)] or ["none"]
+    return [f"Levers (this row has: {', '.join(on)}; a lever the layout cannot use changes "
+            f"nothing): {'; '.join(parts)}"]
 
 
 def explain(row: PlanRow, spec: dict, cfg) -> str:
@@ -104,7 +130,8 @@ def explain(row: PlanRow, spec: dict, cfg) -> str:
         f"{global_batch_size} clips; MFU = FLOPs / (step x {c.tp * c.pp * c.dp} GPUs x "
         f"{spec['bf16']:.0f} TF) = {t['mfu']:.1%}",
     ]
-    return "\n".join(lines[:1] + _padding_lines(row, spec, cfg) + lines[1:])
+    return "\n".join(lines[:1] + _padding_lines(row, spec, cfg) + lines[1:]
+                     + _lever_lines(row, spec, cfg))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,6 +148,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-distributed-optimizer", action="store_true",
                         help="replicate Adam state on every DP rank (without --config)")
     parser.add_argument("--explain", action="store_true", help="show the best row's arithmetic")
+    parser.add_argument("--levers", default="", metavar="LIST",
+                        help=f"throughput levers to model on top of the config's: comma-separated "
+                             f"from {', '.join(LEVERS)}, or all (CUDA graphs, TP comm overlap, "
+                             "parameter all-gather overlap)")
     parser.add_argument("--check-config", action="store_true",
                         help="estimate the --config's own layout instead of searching")
     parser.add_argument("--json", action="store_true",
@@ -143,10 +174,12 @@ def main(argv=None) -> int:
     spec = gpu_spec(args.gpu)
     if args.check_config:
         return _check_config(cfg, args.gpus, spec)
-    rows = plan(cfg, args.gpus, args.gpu, allow_fp8=not args.no_fp8)
+    levers = _levers(args.levers)
+    rows = plan(cfg, args.gpus, args.gpu, allow_fp8=not args.no_fp8, levers=levers)
     title = (f"{cfg.model.preset} on {args.gpus} x {spec['name']}, global batch "
-             f"{cfg.train.global_batch_size}, mask ratio {cfg.model.mask_ratio}: "
-             f"{len(rows)} fitting layouts")
+             f"{cfg.train.global_batch_size}, mask ratio {cfg.model.mask_ratio}"
+             + (f", levers {', '.join(levers)}" if levers else "")
+             + f": {len(rows)} fitting layouts")
     if not rows and not args.json:
         print(f"{title}: none fits; add GPUs or lower the batch")
         return 1
@@ -158,6 +191,17 @@ def main(argv=None) -> int:
     if args.explain and rows and not args.json:
         print(extra["explain"])
     return 0 if rows else 1
+
+
+def _levers(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(LEVERS)
+    unknown = [n for n in names if n not in LEVERS]
+    if unknown:
+        raise SystemExit(f"megavid.plan: error: --levers {text!r}: unknown {unknown}; "
+                         f"choose from {', '.join(LEVERS)}, or all")
+    return names
 
 
 def _check_config(cfg, world: int, spec: dict) -> int:

@@ -47,6 +47,11 @@ class Candidate:
     fp8_align: int = 16  # FP8 GEMM alignment of the recipe (megavid.config.fp8.fp8_alignment)
     pad_to_multiple_of: int = 0  # model.pad_to_multiple_of; 0: what SP and FP8 need
     token_padding: bool = True  # off: the same layout without padding (what it costs)
+    # the levers of megavid.plan.timing (parallel.cuda_graph_impl, tp_comm_overlap,
+    # overlap_param_gather): CUDA graphs, TP communication overlap, parameter all-gather overlap
+    cuda_graphs: bool = False
+    tp_comm_overlap: bool = False
+    overlap_param_gather: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class LayerShape:
     heads: int
     useful: int = 0
     fp8: bool = False
+    decoder: bool = False
 
 
 def stack_tokens(arch: ModelArch, c: Candidate | None, *, mask_ratio: float, masking: str,
@@ -93,7 +99,7 @@ def stack_layers(arch: ModelArch, mask_ratio: float, masking: str,
         real, tokens = stack_tokens(arch, c, mask_ratio=mask_ratio, masking=masking,
                                     decoder=decoder)
         shapes += [LayerShape(tokens, width, ffn, heads, useful=real,
-                              fp8=_stack_fp8(c, decoder))] * depth
+                              fp8=_stack_fp8(c, decoder), decoder=decoder)] * depth
     return shapes
 
 

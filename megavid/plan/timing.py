@@ -22,6 +22,20 @@ from megavid.plan.model import (
 )
 
 DP_EXPOSED = 0.5  # share of the DP grad reduce-scatter / param all-gather not hidden by overlap
+# --overlap-param-gather: the all-gather of updated parameters runs under the next forward
+PARAM_GATHER_OVERLAPPED_EXPOSED = 0.1
+# Kernel floors. Eagerly, a kernel costs the GPU at least the host's time to issue it (Python,
+# megatron-core and PyTorch dispatch, the launch): a layer whose kernels are shorter than that
+# is launch-bound. Replayed from a CUDA graph, only the GPU's per-kernel start/drain remains.
+HOST_S_PER_KERNEL = 10e-6
+GRAPH_S_PER_KERNEL = 2e-6
+# Kernels of one layer's forward: 2 LayerNorms, 4 GEMMs, attention, 2 bias+residual adds,
+# bias+GELU, and under SP 2 all-gathers and 2 reduce-scatters; FP8 adds casts and amax
+# reductions around each GEMM. Backward issues about twice as many.
+KERNELS_PER_LAYER_FORWARD = 14
+FP8_KERNELS_PER_LAYER_FORWARD = 8
+# --tp-comm-overlap: share of the overlapped GEMMs' time that hides TP communication
+TP_OVERLAP_EFFICIENCY = 0.8
 HBM_EFFICIENCY = 0.8  # achieved / datasheet HBM bandwidth when a GEMM streams its weights
 COLLECTIVE_LATENCY_S = {"nvlink": 10e-6, "ib": 25e-6}  # per NCCL collective or p2p message
 
@@ -39,15 +53,45 @@ def _gemm_seconds(m: int, k: int, n: int, spec: dict, c: Candidate, fp8: bool) -
     return max(flops, traffic)
 
 
-def _layer_forward_seconds(layer: LayerShape, b: int, spec: dict, c: Candidate) -> float:
-    """Forward seconds of one layer's four linears (TP-sharded) and its attention."""
+def _layer_forward_seconds(layer: LayerShape, b: int, spec: dict, c: Candidate) -> tuple:
+    """(linears, attention): forward seconds of one layer's four TP-sharded linears and its
+    attention, at the roofline (no kernel floor)."""
     s, h, f, t = layer.tokens, layer.width, layer.ffn, c.tp
     m = s * b
     q = layer.fp8
     linears = (_gemm_seconds(m, h, 3 * h // t, spec, c, q) + _gemm_seconds(m, h // t, h, spec, c, q)
                + _gemm_seconds(m, h, f // t, spec, c, q) + _gemm_seconds(m, f // t, h, spec, c, q))
     attention = b * 4 * s * s * h / t / (spec["bf16"] * 1e12 * MATMUL_EFFICIENCY["bf16"])
-    return linears + attention
+    return linears, attention
+
+
+def kernel_floor_seconds(layer: LayerShape, c: Candidate) -> float:
+    """The least time one layer's forward can take, set by its kernel count: eagerly the
+    host's issue rate, under CUDA graphs (``c.cuda_graphs``) the GPU's per-kernel cost."""
+    kernels = KERNELS_PER_LAYER_FORWARD + (FP8_KERNELS_PER_LAYER_FORWARD if layer.fp8 else 0)
+    return kernels * (GRAPH_S_PER_KERNEL if c.cuda_graphs else HOST_S_PER_KERNEL)
+
+
+def layer_seconds(layer: LayerShape, b: int, spec: dict, c: Candidate) -> dict:
+    """One layer's time per micro-batch, by part: compute (forward, backward = dgrad + wgrad,
+    recompute; each pass at least its kernel floor) and exposed TP communication."""
+    linears, attention = _layer_forward_seconds(layer, b, spec, c)
+    forward = linears + attention
+    recompute = {"none": 0.0, "selective": attention, "full": forward}[c.recompute]
+    floor = kernel_floor_seconds(layer, c)
+    compute = max(forward, floor) + max(2 * forward, 2 * floor) + \
+        (max(recompute, floor) if c.recompute == "full" else recompute)
+    comm = 0.0
+    t = c.tp
+    if t > 1:  # 2 all-reduces (or AG+RS pairs) forward, 2 backward, 2 more to recompute
+        tp_link, tp_latency = _link(spec, t)
+        volume = layer.tokens * b * layer.width * (2 if c.bf16 else 4)
+        n = 4 + (2 if c.recompute == "full" else 0)
+        comm = n * (2 * (t - 1) / t * volume / tp_link + 2 * tp_latency)
+        if c.tp_comm_overlap and not layer.decoder:  # userbuffers: the encoder's (tp_overlap)
+            passes = 3 + (1 if c.recompute == "full" else 0)
+            comm -= min(comm, TP_OVERLAP_EFFICIENCY * passes * linears)
+    return {"compute": compute, "tp_comm": comm}
 
 
 def _link(spec: dict, group_span: int) -> tuple[float, float]:
@@ -62,21 +106,14 @@ def rank_time(arch: ModelArch, c: Candidate, rank: int, spec: dict, *,
     """Seconds one micro-batch spends on pipeline rank ``rank`` (all its chunks), by part."""
     b, t = c.micro_batch_size, c.tp
     elem = 2 if c.bf16 else 4
-    passes = {"none": 3.0, "selective": 3.0, "full": 4.0}[c.recompute]  # fwd + 2 fwd (+ refwd)
     attn_rate = spec["bf16"] * 1e12 * MATMUL_EFFICIENCY["bf16"]
     compute = comm = 0.0
-    tp_link, tp_latency = _link(spec, t)
     layers = stack_layers(arch, mask_ratio, masking, c)  # on padded tokens: what runs
     for chunk in rank_layers(layers, c.pp, c.vpp, rank):
         for layer in chunk:
-            # backward = dgrad + wgrad, each a forward-sized GEMM; selective adds QK^T/AV again
-            compute += passes * _layer_forward_seconds(layer, b, spec, c)
-            if c.recompute == "selective":
-                compute += b * 4 * layer.tokens ** 2 * layer.width / t / attn_rate
-            if t > 1:  # 2 all-reduces (or AG+RS pairs) forward, 2 backward, 2 more to recompute
-                volume = layer.tokens * b * layer.width * elem
-                n = 4 + (2 if c.recompute == "full" else 0)
-                comm += n * (2 * (t - 1) / t * volume / tp_link + 2 * tp_latency)
+            part = layer_seconds(layer, b, spec, c)
+            compute += part["compute"]
+            comm += part["tp_comm"]
     parts = mae_forward_flops(arch, mask_ratio=mask_ratio, masking=masking)
     ends = (parts["patch_embed"] if rank == 0 else 0) + \
            (parts["decoder_embed"] + parts["head"] if rank == c.pp - 1 else 0)
@@ -98,11 +135,12 @@ def dp_time(arch: ModelArch, c: Candidate, spec: dict) -> float:
     params = max(rank_parameters(arch, c, r) for r in range(c.pp))
     frac = (c.dp - 1) / c.dp
     grad_bytes, param_bytes = 4.0, (2.0 if c.bf16 else 4.0)
-    if c.distributed_optimizer:  # reduce-scatter grads, all-gather updated params
-        moved = frac * params * (grad_bytes + param_bytes)
-    else:  # all-reduce grads
-        moved = 2 * frac * params * grad_bytes
-    return DP_EXPOSED * moved / _link(spec, c.tp * c.dp)[0]
+    bandwidth = _link(spec, c.tp * c.dp)[0]
+    if not c.distributed_optimizer:  # all-reduce grads
+        return DP_EXPOSED * 2 * frac * params * grad_bytes / bandwidth
+    # reduce-scatter grads, all-gather updated params (under the next forward with the lever)
+    gather = PARAM_GATHER_OVERLAPPED_EXPOSED if c.overlap_param_gather else DP_EXPOSED
+    return (DP_EXPOSED * grad_bytes + gather * param_bytes) * frac * params / bandwidth
 
 
 def step_time(arch: ModelArch, c: Candidate, spec: dict, *, mask_ratio: float,

@@ -26,6 +26,7 @@ def wrap_model(cfg: RunConfig, chunks: list[torch.nn.Module]) -> list[Distribute
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=par.overlap_grad_reduce,
+        overlap_param_gather=par.overlap_param_gather,  # dispatched in forward pre-hooks
         use_distributed_optimizer=par.use_distributed_optimizer,
         average_in_collective=False,  # scale by 1/dp before the sum: same on gloo and NCCL
     )

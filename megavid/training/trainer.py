@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import signal
@@ -26,6 +27,7 @@ from megavid.models.flops import mae_train_flops_per_clip
 from megavid.models.initialization import initialize_chunk
 from megavid.parallel import runtime
 from megavid.parallel.devices import peak_tflops
+from megavid.parallel.tp_overlap import initialize_userbuffers
 from megavid.training.agreement import sum_over_ranks
 from megavid.training.checkpoint import Checkpointer
 from megavid.training.choices import describe_choices
@@ -61,7 +63,11 @@ class Trainer:
         runtime.init_distributed(cfg.parallel.distributed_timeout_minutes, env)
         runtime.init_model_parallel(tp=layout.tp, pp=layout.pp, vpp=layout.vpp,
                                     timeout_minutes=cfg.parallel.distributed_timeout_minutes)
-        runtime.set_seed(cfg.train.seed)
+        # TE modules under CUDA graphs draw from TE's graph-safe RNG tracker (Megatron-LM's rule)
+        runtime.set_seed(cfg.train.seed, te_rng_tracker=layout.backend == "transformer_engine"
+                         and cfg.parallel.cuda_graph_impl != "none")
+        if cfg.parallel.tp_comm_overlap:  # before the model: TE modules bind the buffers
+            initialize_userbuffers(cfg, layout.tp)
         self.arch = cfg.model.resolved_arch()
         log_dir = Path(cfg.log.log_dir) if cfg.log.log_dir else default_log_dir()
         self.progress = Progress(log_dir, cfg.log, total_steps=cfg.train.train_iters,
@@ -233,6 +239,9 @@ class Trainer:
             "mfu": per_device / peak if peak and not math.isnan(peak) else float("nan"),
             "step_time_s": elapsed,
             "skipped": skipped,
+            # the memory model's peer (python -m megavid.plan --check-config): this rank's peak
+            **({"max_memory_allocated_gb": torch.cuda.max_memory_allocated() / 1e9}
+               if torch.cuda.is_available() else {}),
             **({"data": data} if data is not None else {}),  # loader counters, summed
         }
 
@@ -255,10 +264,27 @@ class Trainer:
                                f"(running mean {ema:.4f})[/yellow]")
         self._loss_ema = loss if ema is None else 0.9 * ema + 0.1 * loss
 
+    @contextlib.contextmanager
+    def _parameters_gathered(self):
+        """With --overlap-param-gather the step's updated parameters arrive during the next
+        forward (megatron-core's forward pre-hooks); validation and saves need them now, so
+        the hooks are lifted around them, which all-gathers first (as Megatron-LM does)."""
+        if not self.cfg.parallel.overlap_param_gather:
+            yield
+            return
+        for chunk in self.model:
+            chunk.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
+            for chunk in self.model:
+                chunk.enable_forward_pre_hook()
+
     def _save(self) -> None:
         common = {"loader": self.loader.state_dict(), "counters": dict(self.counters),
                   "config": self.cfg.to_dict()}
-        self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, common)
+        with self._parameters_gathered():
+            self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, common)
 
     def _guarded_step(self) -> dict:
         """``train_step``, turning a failed collective into an error that names the ranks."""
@@ -287,13 +313,16 @@ class Trainer:
         if self.validator is None:
             return None
         tc, log = self.cfg.train, self.cfg.log
-        if self._due(tc.eval_interval):
-            metrics["val_loss"] = self.validator.loss()
         boards = bool(log.log_images_interval) and self._due(log.log_images_interval)
         to_disk = log.plot and self.step == tc.train_iters
-        if not (boards or to_disk):
+        if not (self._due(tc.eval_interval) or boards or to_disk):
             return None
-        arrays = self.validator.picture()  # None except on rank 0
+        with self._parameters_gathered():
+            if self._due(tc.eval_interval):
+                metrics["val_loss"] = self.validator.loss()
+            if not (boards or to_disk):
+                return None
+            arrays = self.validator.picture()  # None except on rank 0
         return arrays and (arrays, self.step, boards, to_disk)
 
     def train(self) -> list[dict]:
