@@ -49,6 +49,8 @@ _FLAGS = [
      "local | transformer_engine | auto"),
     (("--data", "--data-path"), "data.path", str, "folder of videos (default: demo clips)"),
     (("--num-workers",), "data.num_workers", int, "decoding workers per rank"),
+    (("--decode-timeout-s",), "data.decode_timeout_s", float,
+     "seconds a sample's decode may take before its file is skipped (0: no deadline)"),
     (("--save",), "checkpoint.save", str, "checkpoint directory"),
     (("--save-interval",), "checkpoint.save_interval", int, "steps between checkpoints"),
     (("--load",), "checkpoint.load", str, "resume from this checkpoint directory"),

@@ -302,6 +302,18 @@ class DataConfig:
     # with no valid_path: this fraction of path's clips (or of the demo clips) is held out of
     # training as the validation set, chosen by a hash of each file's name (deterministic)
     valid_fraction: float = 0.0
+    # seconds one sample's decode may take before its file is abandoned as skipped_timeout and
+    # the worker replaced (a hang inside libav cannot be interrupted); 0 = no deadline; unset:
+    # DEFAULT_DECODE_TIMEOUT_S with workers, none without (a deadline needs num_workers >= 1:
+    # the rank itself cannot be rescued from a hang, see data/deadline.py)
+    decode_timeout_s: Optional[float] = None
+    DEFAULT_DECODE_TIMEOUT_S: ClassVar[float] = 30.0
+
+    def resolved_decode_timeout_s(self) -> float:
+        """The decode deadline in force: the set value, else the default where workers decode."""
+        if self.decode_timeout_s is not None:
+            return self.decode_timeout_s
+        return self.DEFAULT_DECODE_TIMEOUT_S if self.num_workers else 0.0
 
     CHOICES: ClassVar[dict] = {
         "value_range": ("unit", "imagenet"),
@@ -325,6 +337,13 @@ class DataConfig:
         if self.valid_path is not None and self.valid_fraction:
             raise ConfigError("--valid-data and data.valid_fraction both name validation clips; "
                               "drop one (data.valid_fraction=0 keeps all of --data for training)")
+        if self.decode_timeout_s is not None and self.decode_timeout_s < 0:
+            raise ConfigError(f"data.decode_timeout_s (--decode-timeout-s): {self.decode_timeout_s} "
+                              "must be >= 0 (0: no deadline)")
+        if self.decode_timeout_s and self.num_workers == 0:
+            raise ConfigError("data.decode_timeout_s (--decode-timeout-s) needs data.num_workers >= "
+                              "1: a decode hung inside libav cannot be interrupted in the rank; set "
+                              "--num-workers 1, or --decode-timeout-s 0 to decode without a deadline")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from megavid.data.decode import (
     VideoDecoder,
     VideoInfo,
 )
-from megavid.data.frame_index import remux_segment
+from megavid.data.frame_index import SizeChanged, remux_segment
 from megavid.data.media import Media, read_media
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,10 @@ class DALIDecoder:
         ready = []  # (job number, encoded bytes, frame numbers inside them)
         for i, (path, frame_indices) in enumerate(jobs):
             try:
-                ready.append((i, *self._encoded(path, frame_indices)))
+                try:
+                    ready.append((i, *self._encoded(path, frame_indices)))
+                except SizeChanged:  # DALI-CPU would write past its buffers: PyAV resizes
+                    results[i] = self._probe.decode(path, frame_indices)
             except (DecodeError, IndexError) as err:
                 results[i] = err
         for start in range(0, len(ready), MAX_BATCH):

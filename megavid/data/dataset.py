@@ -5,6 +5,8 @@ file, so a worker can produce any position without knowing the layout. A file
 that cannot be used is replaced by the next file in dataset order, with fresh
 but still position-seeded randomness, and the reason travels back with the
 sample so the loader's counters (in the main process) see skips made in workers.
+Each read of a file runs under ``clock`` (``deadline.py``) when the loader set one,
+so a decode that never returns can be found, and its file marked ``skipped_timeout``.
 
 Odd files that can be used are, by these policies (counted per sample):
 variable frame rate -> sampled on a constant-rate timestamp grid (``vfr_resampled``);
@@ -16,12 +18,14 @@ side is under ``MIN_SIDE_FRACTION`` of the model's resolution -> ``skipped_too_s
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from megavid.data.deadline import BATCH, DecodeClock
 from megavid.data.decode import DecodeError, VideoDecoder, VideoInfo
 from megavid.data.media import Media
 from megavid.data.sampling import EpochPermutation
@@ -74,13 +78,26 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.order = EpochPermutation(len(self.files), seed)
         self.labels, self.label_names = label_ids(self.clips)  # (N,) int64, -1 = no label
         self._bad: dict[int, str] = {}  # file id -> skip reason, per process
+        self.clock: DecodeClock | None = None  # set by the loader for a deadline on decodes
+        # first positions of micro-batches whose batch decode overran the deadline: decoded
+        # one sample at a time, so the file that hangs can be named
+        self.unbatched: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def file_for(self, position: int, attempt: int = 0) -> int:
+        """The file ``position`` reads at its ``attempt``-th try (a skip moves to the next)."""
+        return (self.order(position) + attempt) % len(self.files)
+
+    def mark_timed_out(self, file_id: int) -> None:
+        """Skip this file from now on (``skipped_timeout``): its decode ran past the deadline.
+        Called in the rank; workers started afterwards inherit it."""
+        self._bad[file_id] = "skipped_timeout"
+
     def plan(self, position: int, attempt: int = 0) -> SamplePlan:
         """The random choices for ``position`` using its ``attempt``-th file; raises SkipFile."""
-        file_id = (self.order(position) + attempt) % len(self.files)
+        file_id = self.file_for(position, attempt)
         path = self.files[file_id]
         if file_id in self._bad:
             raise SkipFile(self._bad[file_id], path)
@@ -117,15 +134,17 @@ class VideoClipDataset(torch.utils.data.Dataset):
         on its threads; a sample whose file fails goes the one-by-one way, with the same
         skips and replacements as ``__getitem__``."""
         decode_many = getattr(self.decoder, "decode_many", None)
-        if decode_many is None or len(positions) < 2:
+        if decode_many is None or len(positions) < 2 or positions[0] in self.unbatched:
             return [self._sample(p) for p in positions]
         plans = {}
         for position in positions:
             try:
-                plans[position] = self.plan(position)
+                with self._timing(position, self.file_for(position)):
+                    plans[position] = self.plan(position)
             except SkipFile:
                 pass  # _sample meets the same skip and moves on
-        decoded = decode_many([(plan.path, plan.file_frames) for plan in plans.values()])
+        with self._timing(positions[0], BATCH):
+            decoded = decode_many([(plan.path, plan.file_frames) for plan in plans.values()])
         first = {position: (plan, pixels) for (position, plan), pixels
                  in zip(plans.items(), decoded) if isinstance(pixels, np.ndarray)}
         return [self._sample(p, first.get(p)) for p in positions]
@@ -138,11 +157,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 if attempt == 0 and first is not None:
                     plan, pixels = first
                 else:
-                    plan = self.plan(position, attempt)
-                    try:
-                        pixels = self.decoder.decode(plan.path, plan.file_frames)  # (T, H, W, 3)
-                    except DecodeError as err:
-                        raise self._skip(plan.file_id, err.reason) from None
+                    with self._timing(position, self.file_for(position, attempt)):
+                        plan = self.plan(position, attempt)
+                        try:
+                            # (T, H, W, 3) uint8
+                            pixels = self.decoder.decode(plan.path, plan.file_frames)
+                        except DecodeError as err:
+                            raise self._skip(plan.file_id, err.reason) from None
             except SkipFile as skip:
                 events.append((skip.reason, str(skip.path)))
                 continue
@@ -161,6 +182,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
             f"none of the {len(self.files)} videos could be used (reasons: "
             f"{sorted(set(self._bad.values()))}); check data.path (--data)"
         )
+
+    def _timing(self, position: int, file_id: int):
+        return self.clock.timing(position, file_id) if self.clock else contextlib.nullcontext()
 
     def _skip(self, file_id: int, reason: str) -> "SkipFile":
         """Remember a bad file (decoding it again would fail again) and say why."""

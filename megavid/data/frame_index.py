@@ -67,6 +67,12 @@ class UnsupportedCodec(DecodeError):
     reason = "skipped_unsupported_codec"
 
 
+class SizeChanged(DecodeError):
+    """A VP8/VP9 keyframe (or intra-only frame) of another size than the stream's: PyAV
+    resizes such frames, DALI's CPU decoder writes them past its buffers (a segfault the
+    fuzzer found), so DALI hands such clips to PyAV."""
+
+
 @dataclass(frozen=True)
 class FrameIndex:
     pts: np.ndarray  # (N,) int64 presentation timestamps, sorted: pts[i] is frame i
@@ -222,6 +228,7 @@ def remux_segment(path: Media, index: FrameIndex, frames: np.ndarray) -> tuple[b
                     if packet.size == 0 or stamp is None or stamp < key:
                         continue
                     first = stamp if first is None else first
+                    _require_size(path, index, bytes(packet))
                     packet.stream = target
                     dst.mux(packet)
                     missing.discard(stamp)
@@ -229,8 +236,73 @@ def remux_segment(path: Media, index: FrameIndex, frames: np.ndarray) -> tuple[b
                         break
             if first == key and not missing:
                 return out.getvalue(), int(np.searchsorted(index.pts, key))
+    except DecodeError:
+        raise
     except READ_ERRORS as err:
         raise DecodeError(f"{path}: remuxing frames {frames.min()}..{frames.max()}: "
                           f"{type(err).__name__}: {err}") from None
     raise DecodeError(f"{path}: the packets of frames {frames.min()}..{frames.max()} are not "
                       "all in the file")
+
+
+def _require_size(path: Media, index: FrameIndex, data: bytes) -> None:
+    for size in vpx_frame_sizes(index.codec, data):
+        if size != (index.width, index.height):
+            raise SizeChanged(f"{path}: a {size[0]}x{size[1]} frame in a "
+                              f"{index.width}x{index.height} stream")
+
+
+def vpx_frame_sizes(codec: str, data: bytes) -> list[tuple[int, int]]:
+    """(width, height) that the keyframes and intra-only frames of a VP8/VP9 packet declare
+    (a VP9 superframe holds several frames); [] for other codecs and inter frames."""
+    if codec == "vp8":
+        key = len(data) >= 10 and not data[0] & 1 and data[3:6] == b"\x9d\x01\x2a"
+        return [(int.from_bytes(data[6:8], "little") & 0x3FFF,
+                 int.from_bytes(data[8:10], "little") & 0x3FFF)] if key else []
+    if codec != "vp9" or not data:
+        return []
+    frames, marker = [data], data[-1]
+    if marker & 0xE0 == 0xC0:  # superframe index: sizes of the frames it packs
+        count, width = (marker & 7) + 1, ((marker >> 3) & 3) + 1
+        index = data[len(data) - 2 - count * width:]
+        if len(index) == 2 + count * width and index[0] == marker:
+            sizes = [int.from_bytes(index[1 + k * width:1 + (k + 1) * width], "little")
+                     for k in range(count)]
+            starts = np.cumsum([0] + sizes)
+            frames = [data[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    return [size for frame in frames if (size := _vp9_size(frame)) is not None]
+
+
+def _vp9_size(frame: bytes) -> Optional[tuple[int, int]]:
+    """The frame size in a VP9 uncompressed header, if it states one (key / intra-only)."""
+    bits = iter(int(b) for byte in frame[:16] for b in f"{byte:08b}")
+    read = lambda n: int("".join(str(next(bits, 0)) for _ in range(n)) or "0", 2)  # noqa: E731
+    if read(2) != 2:
+        return None
+    low, high = read(1), read(1)
+    profile = (high << 1) | low
+    if profile == 3:
+        read(1)
+    if read(1):  # show_existing_frame
+        return None
+    key, show, resilient = read(1) == 0, read(1), read(1)
+    intra = False if key or show else bool(read(1))
+    if not key:
+        if not resilient:
+            read(2)  # reset_frame_context
+        if not intra:
+            return None
+    if read(24) != 0x498342:  # frame sync code
+        return None
+    if key or profile > 0:  # color_config
+        if profile >= 2:
+            read(1)
+        if read(3) != 7:  # not RGB
+            read(1)
+            if profile in (1, 3):
+                read(3)
+        elif profile in (1, 3):
+            read(1)
+    if not key:
+        read(8)  # refresh_frame_flags
+    return read(16) + 1, read(16) + 1

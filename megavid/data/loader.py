@@ -3,7 +3,8 @@
 ``build_train_loader`` is the one entry point the trainer uses. The loader's
 position is a count of micro-batches handed to the trainer (not of batches
 the workers have prefetched), so ``state_dict`` taken after a step resumes
-exactly at the next one.
+exactly at the next one. The same count lets it restart its workers from where it
+is, bit for bit, after giving up on a decode past ``data.decode_timeout_s``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from megavid.config.presets import ModelArch
 from megavid.data import dali
 from megavid.data.dali import build_decoder
 from megavid.data.dataset import VideoClipDataset, collate_samples
+from megavid.data.deadline import (
+    BATCH,
+    POLL_S,
+    DecodeClock,
+    Overrun,
+    Watchdog,
+    is_poll_timeout,
+    shut_down_in_background,
+)
 from megavid.data.demo_clips import ensure_demo_clips
 from megavid.data.mock import MockLoader
 from megavid.data.sampling import MicroBatchSampler, StreamPosition
@@ -32,8 +42,10 @@ DEMO_SEED = 0  # the demo clips are a fixed dataset: the same whatever --seed a 
 # Validation samples are a fixed set: file order, masks (and mock clips) seeded by this, not
 # by --seed, so a validation loss compares across seeds, layouts and resumes
 VALID_SEED = 1_000_003
+# skipped_timeout: a decode ran past data.decode_timeout_s (deadline.py)
 SKIP_REASONS = ("skipped_corrupt", "skipped_empty", "skipped_no_video", "skipped_too_short",
-                "skipped_too_small", "skipped_truncated", "skipped_unsupported_codec")
+                "skipped_too_small", "skipped_truncated", "skipped_unsupported_codec",
+                "skipped_timeout")
 # Policies that keep a file usable (see dataset.py); like stride_lowered and padded_short
 # they count samples, so counting them needs no memory of which files were met.
 POLICY_NOTES = ("vfr_resampled", "rotated_upright", "odd_size_resized")
@@ -46,37 +58,102 @@ STAT_KEYS = ("clips", *SKIP_REASONS, "replaced", *POLICY_NOTES, "stride_lowered"
 
 class VideoLoader(StreamPosition):
     """Endless, resumable iterator of {"video": (b, T, S, S, 3), "index": (b,), "label": (b,)}
-    micro-batches (label -1: none)."""
+    micro-batches (label -1: none).
+
+    ``decode_timeout_s`` > 0 (needs workers): a decode running longer is given up, its
+    file skipped as ``skipped_timeout`` and its worker killed (``deadline.py``); the
+    workers restart from ``consumed``, so the stream is the one a file failing at once
+    would give. Each restart costs the rank up to ``POLL_S`` plus a fork and one
+    micro-batch's decode.
+    """
 
     def __init__(self, dataset: VideoClipDataset, *, global_batch_size: int,
                  micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int,
-                 seed: int, start_step: int = 0):
+                 seed: int, start_step: int = 0, decode_timeout_s: float = 0.0):
         super().__init__(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
                          dp_rank=dp_rank, dp_size=dp_size, start_step=start_step)
+        if decode_timeout_s and not num_workers:
+            raise ValueError("a decode deadline needs worker processes: a hang in the rank "
+                             "itself cannot be interrupted (num_workers=0: decode_timeout_s=0)")
         self.dataset, self.num_workers, self.seed = dataset, num_workers, seed
+        self.decode_timeout_s = decode_timeout_s
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.file_events: list[tuple[str, str]] = []  # (counter, file), each pair once, in order
         self._seen: set[tuple[str, str]] = set()
+        self.restarts = 0  # worker restarts after a decode ran past the deadline
 
     def __iter__(self):
+        while True:  # one DataLoader per pass; giving up on a decode ends the pass
+            batches = iter(self._data_loader())
+            watchdog = self._watchdog(batches)
+            try:
+                while (batch := self._next(batches, watchdog)) is not None:
+                    self._count(batch.pop("events"))
+                    self.stats["clips"] += len(batch["index"])
+                    self.consumed += 1
+                    yield batch
+            finally:
+                if watchdog is not None:
+                    watchdog.stop()
+            self._restart(batches, watchdog.overruns)
+
+    def _data_loader(self) -> DataLoader:
+        """Workers decoding this rank's micro-batches from ``consumed`` on."""
         sampler = MicroBatchSampler(start=self.consumed, **self.layout)
         workers = self.num_workers > 0
-        loader = DataLoader(
+        if self.decode_timeout_s:  # a fresh clock: abandoned workers may still write the old
+            self.dataset.clock = DecodeClock(self.num_workers)
+        return DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
             collate_fn=collate_samples, pin_memory=cpu_compat.pin_memory(),
             persistent_workers=workers, prefetch_factor=2 if workers else None,
-            worker_init_fn=_init_worker,
+            worker_init_fn=_init_worker, timeout=POLL_S if self.decode_timeout_s else 0,
             # A private generator: building the iterator must not draw from torch's global RNG.
             generator=torch.Generator().manual_seed(self.seed),
         )
-        for batch in loader:
-            self._count(batch.pop("events"))
-            self.stats["clips"] += len(batch["index"])
-            self.consumed += 1
-            yield batch
+
+    def _watchdog(self, batches) -> Watchdog | None:
+        if not self.decode_timeout_s:
+            return None
+        return Watchdog(batches, self.dataset.clock, self.decode_timeout_s, self._mark_overruns)
+
+    def _next(self, batches, watchdog: Watchdog | None) -> dict | None:
+        """The next micro-batch; None once the watchdog gave up on a decode and none is left."""
+        if watchdog is None:
+            return next(batches)
+        while True:
+            try:
+                return next(batches)
+            except Exception as err:  # no batch within POLL_S, or a worker was killed (which
+                if watchdog.fired():  # breaks what the rank was receiving from it: any error)
+                    return None
+                if not is_poll_timeout(err):
+                    raise
+
+    def _mark_overruns(self, overruns: list[Overrun]) -> None:
+        """(The watchdog's thread) skip the files that overran from now on; a batch decode
+        that overran is redone one sample at a time, which names its file."""
+        for late in overruns:
+            if late.file_id == BATCH:
+                self.dataset.unbatched.add(late.position)
+            else:
+                self.dataset.mark_timed_out(late.file_id)
+            what = ("a batch decode" if late.file_id == BATCH else
+                    str(self.dataset.files[late.file_id]))
+            log.warning("data: sample %d (%s) ran %.1f s, past data.decode_timeout_s=%g; its "
+                        "worker is killed and the workers restart", late.position, what,
+                        late.seconds, self.decode_timeout_s)
+
+    def _restart(self, batches, overruns: list[Overrun]) -> None:
+        """After a pass given up: its surviving workers exit in the background."""
+        shut_down_in_background(batches)
+        self.restarts += 1
+        log.info("data: workers restarted at micro-batch %d after %d decode(s) overran",
+                 self.consumed, len(overruns))
 
     def sample(self, position: int) -> dict:
-        """Sample ``position`` alone as a micro-batch of one (a picture's clip)."""
+        """Sample ``position`` alone as a micro-batch of one (a picture's clip), decoded in
+        this process: no deadline applies."""
         item = self.dataset[position]
         return {"video": item["video"].unsqueeze(0), "index": torch.tensor([position])}
 
@@ -164,7 +241,8 @@ def build_train_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: i
     if cfg.mock:
         return MockLoader(arch, **layout)
     dataset = _dataset(cfg, arch, _clips(cfg, arch, valid=False), seed=seed, augment=True)
-    return VideoLoader(dataset, num_workers=cfg.num_workers, **layout)
+    return VideoLoader(dataset, num_workers=cfg.num_workers,
+                       decode_timeout_s=cfg.resolved_decode_timeout_s(), **layout)
 
 
 def build_valid_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: int,
@@ -175,7 +253,8 @@ def build_valid_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: i
     Sample ``i`` of it is a pure function of ``i`` and the validation clips: the file
     (``VALID_SEED``'s order), the centred frames and crop. ``load_state_dict({"step": 0})``
     rewinds it, so every evaluation sees the same samples. Mock data validates on mock
-    clips of ``VALID_SEED``.
+    clips of ``VALID_SEED``. ``num_workers=0`` (a picture's few clips, decoded in this
+    process) runs without ``data.decode_timeout_s``: nothing could interrupt a hang there.
     """
     layout = dict(global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
                   dp_rank=dp_rank, dp_size=dp_size, seed=VALID_SEED)
@@ -183,4 +262,6 @@ def build_valid_loader(cfg: DataConfig, arch: ModelArch, *, global_batch_size: i
         return MockLoader(arch, **layout)
     dataset = _dataset(cfg, arch, _clips(cfg, arch, valid=True), seed=VALID_SEED, augment=False)
     workers = cfg.num_workers if num_workers is None else num_workers
-    return VideoLoader(dataset, num_workers=workers, **layout)
+    return VideoLoader(dataset, num_workers=workers,
+                       decode_timeout_s=cfg.resolved_decode_timeout_s() if workers else 0.0,
+                       **layout)

@@ -197,6 +197,13 @@ def _srun_args(job: SlurmJob) -> list[str]:
     return args
 
 
+def _resume_args(cfg: RunConfig) -> list[str]:
+    """``--load`` = ``--save`` when the job saves and names no --load: the first job starts
+    from scratch (megavid warns), each requeue resumes from the newest checkpoint."""
+    save = cfg.checkpoint.save
+    return ["--load", save] if save and not cfg.checkpoint.load else []
+
+
 def fields(checked: CheckedJob) -> dict:
     """Values of the template's @FIELD@s: str, list (one line each) or None (line dropped)."""
     job, lay, cfg = checked.job, checked.layout, checked.cfg
@@ -221,8 +228,7 @@ def fields(checked: CheckedJob) -> dict:
         "ACCOUNT": job.account,
         "TIME": job.time,
         "CUDA_DEVICE_MAX_CONNECTIONS": "1" if lay.tp > 1 else None,
-        "MEGAVID_ARGS": _group(pretrain_args(job)),
-        "CHECKPOINT_DIR": shlex.quote(cfg.checkpoint.save or ""),
+        "MEGAVID_ARGS": _group(pretrain_args(job) + _resume_args(cfg)),
         "SRUN_ARGS": _srun_args(job),
     }
 

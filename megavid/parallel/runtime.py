@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megavid import quiet
-from megavid.parallel import cpu_compat, host_memory
+from megavid.parallel import cpu_compat, host_memory, lifeline
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ def init_distributed(timeout_minutes: float = 10, env: DistEnv | None = None) ->
         host_memory.keep_freed_memory()  # no per-step page faults on CPU runs (see there)
         quiet.install(cpu=True)  # GPU-only advice (megavid/quiet.py)
     env = env or read_dist_env()
+    lifeline.bind_rank()  # no orphans: ranks end with torchrun, helpers with ranks
     if dist.is_initialized():
         return env
     if not on_cpu:

@@ -21,6 +21,7 @@ verification, pruning) lives in ``checkpoint_dirs``.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.core import CheckpointingException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import StrictHandling
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.dist_checkpointing.validation import (
     maybe_report_missing_and_unexpected_keys,
@@ -122,11 +124,17 @@ def _load_optimizer(optimizer, state: dict) -> None:
     state, ``step`` included, which the loaded tensors never carry (KeyError). So the
     parameter state is loaded here with ``step`` set aside for the copy. Seen on
     megatron-core 0.16.1 and 0.19.2 (``KeyError: 'step'`` without it).
+
+    That step is also one tensor shared by every parameter's state, and torch's Adam
+    adds 1 to each parameter's step in place: the first update after a resume counted
+    the step once per parameter, so its bias correction was wrong (DP=2, distributed
+    optimizer: the loss two steps after the resume off by 1e-2). Each state gets its own.
     """
     inner = getattr(optimizer, "chained_optimizers", [optimizer])
     if (len(inner) != 1 or type(inner[0]).__name__ != "DistributedOptimizer"
             or state.get("param_state_sharding_type") != "fully_reshardable"):
         optimizer.load_state_dict(state)
+        _own_steps(inner)
         return
     dist_opt, param_state = inner[0], state.pop("param_state")
     state.pop("param_state_sharding_type")
@@ -138,6 +146,15 @@ def _load_optimizer(optimizer, state: dict) -> None:
     finally:
         for param, step in steps.items():
             adam_state[param]["step"] = step
+    _own_steps(inner)
+
+
+def _own_steps(optimizers) -> None:
+    """Give every Adam state a ``step`` tensor of its own (see ``_load_optimizer``)."""
+    for opt in optimizers:
+        for param_state in getattr(getattr(opt, "optimizer", None), "state", {}).values():
+            if torch.is_tensor(param_state.get("step")):
+                param_state["step"] = param_state["step"].clone()
 
 
 def _load(state: dict, directory: Path, strict: StrictHandling):
@@ -202,6 +219,25 @@ def load_weights(model, directory: Path, *, info: Callable[[str], None] = _rank0
     fp8.report(info)
 
 
+def _fork_results_queue() -> None:
+    """Have dist_checkpointing's writer report through a queue whose manager is forked.
+
+    Its writer sends each save's results through a multiprocessing Manager queue that it
+    starts with "spawn" at the first save; that fresh interpreter then imports torch to
+    unpickle the first results: 3 s on 2 cores, on every rank of every job (7 s while the
+    main module imported megatron-core at its top, as spawn imports it again). Forked, the
+    manager shares the rank's imports, and dies with the rank (``lifeline``). 0.17+ names
+    this choice (``get_write_results_queue(mp_mode)``); 0.16 has only the module's global.
+    """
+    if getattr(filesystem_async, "_results_queue", False) is not None:
+        return  # made already (or a version without it)
+    chooses = getattr(filesystem_async, "get_write_results_queue", None)
+    if chooses is not None:
+        chooses("fork")
+    else:
+        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+
+
 def _prepare_partial(root: Path, step: int) -> Path:
     """Rank 0 makes ``root/iter_<step>.partial`` (dropping stale partials); all ranks wait."""
     target = dirs.partial_dir(root, step)
@@ -221,6 +257,7 @@ def save_weights(model, root: Path, *, step: int, common: dict) -> Path:
     """
     root = Path(root)
     target = _prepare_partial(root, step)
+    _fork_results_queue()
     state = {f"model{i}": _unwrap(chunk).sharded_state_dict(metadata=_METADATA)
              for i, chunk in enumerate(model)}
     state["common"] = {**common, "step": step, "weights_only": True}
@@ -268,6 +305,7 @@ class Checkpointer:
         start = time.perf_counter()
         root = Path(self.cfg.save)
         self.finalize(blocking=True)  # one save in flight at a time
+        _fork_results_queue()
         target = _prepare_partial(root, step)
         state = _sharded_state(model, optimizer, is_loading=False, with_rng=True)
         state["common"] = {**common, "step": step, "scheduler": scheduler.state_dict(),
@@ -297,13 +335,26 @@ class Checkpointer:
         if self.async_queue is not None:
             self.async_queue.maybe_finalize_async_calls(blocking=blocking)
 
+    def _first_of_a_series(self) -> bool:
+        """``--save D --load D`` on a D without checkpoints (Megatron-LM's habit for jobs that
+        requeue): the first job. A --load elsewhere that holds nothing stays an error, as a
+        typo must not silently train from scratch."""
+        load, save = self.cfg.load, self.cfg.save
+        return bool(save) and Path(load).resolve() == Path(save).resolve() and \
+            not dirs.holds_checkpoint(Path(load))
+
     def load(self, model, optimizer, scheduler) -> dict | None:
-        """Restore from ``cfg.load``; returns the common state, or None if there is none.
+        """Restore from ``cfg.load``; returns the common state, or None if there is none
+        (no --load, or the first job of a ``--save D --load D`` series).
 
         A weights-only load (``--finetune``, or a checkpoint holding only weights)
         sets the model and returns None: training starts at step 0.
         """
         if not self.cfg.load:
+            return None
+        if self._first_of_a_series():
+            self.info(f"[yellow]warning[/yellow]: --load {self.cfg.load} holds no checkpoint yet; "
+                      "as it is also --save, this run starts from scratch (requeues resume it)")
             return None
         directory, notes = dirs.resolve_load_dir(self.cfg.load, fallback=self.cfg.load_fallback)
         for note in notes:

@@ -97,6 +97,11 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
+def holds_checkpoint(root: Path) -> bool:
+    """Whether a save root has anything to resume from (``latest`` or a complete iter_*)."""
+    return (Path(root) / LATEST).is_file() or bool(complete_checkpoints(root))
+
+
 def resolve_load_dir(path: str | Path, *, fallback: bool) -> tuple[Path, list[str]]:
     """The checkpoint to load from a save root (via ``latest``) or an ``iter_*`` directory.
 
@@ -109,7 +114,9 @@ def resolve_load_dir(path: str | Path, *, fallback: bool) -> tuple[Path, list[st
         return path, []
     latest = path / LATEST
     if not latest.is_file():
-        raise CheckpointError(f"--load {path}: no '{LATEST}' file: nothing was ever saved there")
+        raise CheckpointError(f"--load {path}: no '{LATEST}' file: nothing was ever saved there "
+                              "(a series that resumes itself gives the same DIR to --save and "
+                              "--load: its first job starts from scratch)")
     candidates = [path / latest.read_text().strip()]
     if fallback:
         candidates += [p for p in complete_checkpoints(path) if p != candidates[0]]

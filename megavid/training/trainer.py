@@ -34,6 +34,7 @@ from megavid.training.choices import describe_choices
 from megavid.training.optim import build_optimizer, wrap_model
 from megavid.training.preemption import StopRequest, requeue_slurm_job
 from megavid.training.progress import Progress, default_log_dir
+from megavid.training.save_lock import lock_save_dir
 from megavid.training.step import make_forward_step
 from megavid.training.validation import Validator
 
@@ -72,6 +73,19 @@ class Trainer:
         log_dir = Path(cfg.log.log_dir) if cfg.log.log_dir else default_log_dir()
         self.progress = Progress(log_dir, cfg.log, total_steps=cfg.train.train_iters,
                                  enabled=dist.get_rank() == 0, resolved_config=cfg.to_dict())
+        self.save_lock = None
+        try:
+            # One writer per --save directory, before anything is built (a refusal ends the job).
+            self.save_lock = lock_save_dir(cfg.checkpoint.save, info=self.progress.info)
+            self._build(cfg, env)
+        except BaseException:
+            self._release_lock()
+            self.progress.close()
+            raise
+
+    def _build(self, cfg: RunConfig, env) -> None:
+        """Model, optimizer, data, and the resumed state; the save lock is held."""
+        layout = self.layout
 
         # Model: build this rank's chunks, give them layout-free values, wrap for DP.
         chunks = build_model_chunks(cfg, self.arch, backend=layout.backend)
@@ -350,7 +364,12 @@ class Trainer:
             self._save()
         return history
 
+    def _release_lock(self) -> None:
+        if self.save_lock is not None:
+            self.save_lock.release()
+
     def close(self) -> None:
-        self.checkpointer.finalize(blocking=True)
+        self.checkpointer.finalize(blocking=True)  # the last save is committed under the lock
+        self._release_lock()
         self.stop_request.restore()
         self.progress.close()

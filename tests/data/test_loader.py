@@ -123,7 +123,8 @@ def test_bad_batch_layout_names_the_flags(video_dir):
 
 
 def test_demo_clips_are_the_default_source(tmp_path):
-    cfg = DataConfig(cache_dir=str(tmp_path), demo_clips=3, num_workers=0)
+    cfg = DataConfig(cache_dir=str(tmp_path), demo_clips=3, num_workers=0,
+                     decode_timeout_s=0)
     loader = build_train_loader(cfg, ARCH, global_batch_size=4, micro_batch_size=2, dp_rank=0,
                                 dp_size=1, seed=0)
     mb = take(loader, 1)[0]

@@ -1,16 +1,19 @@
-"""Checkpoints and fault tolerance, with real processes, real kills and real signals."""
+"""Checkpoints and fault tolerance, with real processes, real kills and real signals.
+
+Exact resume after SIGKILL (the data order included), kills between a save's shards and
+its commit and SIGTERM on one rank are the crash-loop benchmark's (test_chaos.py), which
+runs each of them several times in one series.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from megavid.training.checkpoint_dirs import write_manifest
@@ -50,31 +53,6 @@ def latest(save: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-@pytest.mark.slow  # 34-39 s on 2 cores: three runs of 12 steps on encoded clips
-def test_exact_resume_after_sigkill_including_data_order(tmp_path, launch):
-    """12 steps uninterrupted == killed (SIGKILL) after a checkpoint and resumed, bit for bit."""
-    video = ("--set", f"data.cache_dir={tmp_path / 'clips'}", "--train-iters", "12")
-    proc = run(launch, tmp_path / "full", *TINY, *video)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    full = metrics(tmp_path / "full")
-    save = tmp_path / "save"
-    killed = launch.start(*pretrain_args(tmp_path / "a", *TINY, *video, "--save", str(save),
-                                         "--save-interval", "3"),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: latest(save) is not None or killed.poll() is not None, what="first save")
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    resumed_from = int(latest(save).split("_")[1])
-    assert resumed_from < 12, "the kill came too late to test anything"
-    proc = run(launch, tmp_path / "b", *TINY, *video, "--load", str(save))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics_of = metrics(tmp_path / "b")
-    assert [m["step"] for m in metrics_of] == list(range(resumed_from + 1, 13))
-    for got in metrics_of:
-        want = full[got["step"] - 1]
-        assert (got["loss"], got["grad_norm"]) == (want["loss"], want["grad_norm"]), got["step"]
-
-
 @pytest.mark.slow  # 72-95 s on 2 cores: four launches, of 4, 1 and 2 ranks, and one more
 def test_reshard_tp2_pp2_to_tp1_pp1_and_tp1_pp2(tmp_path, launch):
     save = tmp_path / "save"
@@ -95,60 +73,20 @@ def test_reshard_tp2_pp2_to_tp1_pp1_and_tp1_pp2(tmp_path, launch):
     assert proc.returncode == 2 and "saved with --use-distributed-optimizer" in proc.stderr
 
 
-@pytest.mark.slow  # 35-49 s on 2 cores: three runs
-def test_save_killed_before_commit_resumes_from_previous(tmp_path, launch):
-    save = tmp_path / "save"
-    env = {"MEGAVID_FAULT_INJECT": "kill_before_commit:4"}
-    proc = run(launch, tmp_path / "a", *TINY, *MOCK, "--train-iters", "6", "--save", str(save),
-               "--save-interval", "2", env=env)
-    assert proc.returncode == -signal.SIGKILL
-    assert latest(save) == "iter_0000002"
-    assert (save / "iter_0000004.partial").is_dir() and not (save / "iter_0000004").exists()
-    full = launch.pretrain(tmp_path / "full", 1, *TINY, *MOCK, "--train-iters", "6")
-    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "6", "--load", str(save),
-               "--save", str(save), "--save-interval", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed = metrics(tmp_path / "b")
-    assert [m["loss"] for m in resumed] == [m["loss"] for m in full[2:]]
-    assert latest(save) == "iter_0000006" and not list(save.glob("*.partial"))
-
-
 @pytest.mark.slow  # ~27 s: train, save and load again
 def test_async_save_commits_and_resumes_exactly(tmp_path, launch):
+    """... with the distributed optimizer, bit for bit: megatron-core's load gave every
+    parameter's Adam state one shared step tensor, so from the second step after a resume
+    the updates differed (loss off by 1e-2; checkpoint._load_optimizer)."""
     save = tmp_path / "save"
-    full = launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "6", "--save",
+    opt = ("--use-distributed-optimizer",)
+    full = launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, *opt, "--train-iters", "6", "--save",
                            str(save), "--save-interval", "2", "--async-save")
     assert latest(save) == "iter_0000006" and (save / "iter_0000002").is_dir()
-    resumed = launch.pretrain(tmp_path / "b", 1, *TINY, *MOCK, "--train-iters", "6",
+    resumed = launch.pretrain(tmp_path / "b", 1, *TINY, *MOCK, *opt, "--train-iters", "6",
                               "--load", str(save / "iter_0000002"))
-    assert [m["loss"] for m in resumed] == [m["loss"] for m in full[2:]]
-
-
-@pytest.mark.slow  # 31-37 s on 2 cores: 2 ranks until signalled, and a resume
-def test_sigterm_on_one_rank_stops_all_ranks_cleanly(tmp_path, launch):
-    save = tmp_path / "save"
-    log_dir = tmp_path / "run"
-    launcher = launch.start(
-        *pretrain_args(log_dir, *TINY, *MOCK, "--train-iters", "100000", "--save", str(save)),
-        nproc=2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics_file = log_dir / "metrics.jsonl"
-    wait_for(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 3,
-             what="three steps")
-    workers = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-               if "megavid.pretrain" in " ".join(p.cmdline())]
-    assert len(workers) == 2
-    signalled_at = time.monotonic()
-    workers[-1].send_signal(signal.SIGTERM)  # one rank only, as a partial preemption would
-    output, _ = launcher.communicate(timeout=120)
-    assert launcher.returncode == 0, output[-3000:]
-    assert time.monotonic() - signalled_at < 60
-    assert "received SIGTERM" in output
-    last_step = metrics(log_dir)[-1]["step"]
-    assert latest(save) == f"iter_{last_step:07d}"
-    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", str(last_step + 2), "--load",
-               str(save))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [m["step"] for m in metrics(tmp_path / "b")] == [last_step + 1, last_step + 2]
+    assert [(m["loss"], m["grad_norm"]) for m in resumed] == [
+        (m["loss"], m["grad_norm"]) for m in full[2:]]
 
 
 @pytest.mark.slow  # 33-52 s on 2 cores: three runs, one saving every step
