@@ -17,7 +17,7 @@ that thread too. Killing the worker ends such a wait at once.
 The cost beyond the deadline itself: at most ``POLL_S``, a fork of fresh workers and
 the decode of the first micro-batch after the restart (prefetched batches are lost and
 redone). With ``num_workers=0`` the decode runs in the rank and nothing can interrupt
-it, so ``DataConfig.check`` refuses a deadline there.
+it, so none is set there by default and ``DataConfig.check`` refuses one asked for.
 """
 
 from __future__ import annotations
