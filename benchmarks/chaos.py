@@ -124,6 +124,17 @@ class Job:
             self.seen.setdefault(proc.pid, proc)
         return found
 
+    def wait_for(self, done, *, poll_s: float = 0.02, timeout_s: float = 300.0) -> bool:
+        """Poll ``done()`` (noting descendants meanwhile); False if the launcher ended or the
+        time ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            self.descendants()
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(poll_s)
+        return True
+
     def ranks(self) -> list[psutil.Process]:
         """The launcher's direct children: its ranks."""
         try:
@@ -246,7 +257,6 @@ class Chaos:
 
     def _drive(self, job: Job, event: Event, record: Attempt) -> None:
         """Wait for the event's moment, then deliver it."""
-        deadline = time.monotonic() + 300
         if event.kind == "none" or event.moment == "before_commit":
             return  # runs to its end; or rank 0 kills itself and the launcher ends the rest
         before = _partials(self.save)  # a killed save's leftovers are not this attempt's
@@ -257,31 +267,19 @@ class Chaos:
                 steps, delay = 0, self.rng.uniform(0.3, self.startup_s)
             else:
                 steps, delay = self.rng.randint(1, 3), self.rng.uniform(0.0, self.step_s)
-            while len(job.steps()) < steps and job.proc.poll() is None:
-                job.descendants()
-                time.sleep(0.02)
+            job.wait_for(lambda: len(job.steps()) >= steps)
             until = time.monotonic() + delay
-            while time.monotonic() < until and job.proc.poll() is None:
-                job.descendants()
-                time.sleep(0.02)
+            job.wait_for(lambda: time.monotonic() >= until)
         elif event.kind == "kill":  # inside a save: as soon as its directory appears
-            while not set(_partials(self.save).items()) - set(before.items()):
-                job.descendants()
-                if job.proc.poll() is not None or time.monotonic() > deadline:
-                    record.hit = False
-                    return
-                time.sleep(0.005)
+            new = lambda: set(_partials(self.save).items()) - set(before.items())  # noqa: E731
+            if not job.wait_for(new, poll_s=0.005):
+                record.hit = False
+                return
             time.sleep(self.rng.uniform(0.0, 0.02))
-        else:  # a preemption: once the attempt has taken a step
-            while len(job.steps()) < 1:
-                job.descendants()
-                if job.proc.poll() is not None or time.monotonic() > deadline:
-                    record.hit = False
-                    return
-                time.sleep(0.05)
-        while not job.ranks() and job.proc.poll() is None:  # a kill right after the start
-            time.sleep(0.01)
-        job.descendants()
+        elif not job.wait_for(lambda: len(job.steps()) >= 1):  # a preemption: after a step
+            record.hit = False
+            return
+        job.wait_for(job.ranks, poll_s=0.01)  # a kill right after the start: ranks exist
         if job.proc.poll() is not None:
             record.hit = False
             return

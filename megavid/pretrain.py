@@ -2,11 +2,6 @@
 
 Thin on purpose (torchtitan's shape): parse, build the trainer, train, close.
 With no arguments it runs the CPU demo: a tiny model on synthetic clips.
-
-Nothing heavy is imported at module level: multiprocessing's spawned helpers
-(dist_checkpointing's results-queue manager, started at the first save) import
-the main module again, which with torch and megatron-core would cost each of them
-seconds (7 s on 2 cores, paid by every first save).
 """
 
 from __future__ import annotations
@@ -16,17 +11,17 @@ import sys
 
 from megavid.parallel import lifeline
 
-lifeline.bind_rank()  # first, before the seconds of imports in main() (the launcher may die)
+lifeline.bind_rank()  # first: the imports below take seconds, and the launcher may die in them
+
+from megavid import faults
+from megavid.cli import parse_args
+from megavid.config import ConfigError
+from megavid.parallel import runtime
+from megavid.training.checkpoint_dirs import CheckpointError
+from megavid.training.trainer import CollectiveFailed, Trainer, TrainingStopped
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megavid import faults
-    from megavid.cli import parse_args
-    from megavid.config import ConfigError
-    from megavid.parallel import runtime
-    from megavid.training.checkpoint_dirs import CheckpointError
-    from megavid.training.trainer import CollectiveFailed, Trainer, TrainingStopped
-
     cfg = parse_args(argv)
     try:
         trainer = Trainer(cfg)

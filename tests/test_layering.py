@@ -38,9 +38,6 @@ ENTRY_POINTS = ("megavid.cli", "megavid.pretrain", "megavid.eval", "megavid.plan
 LAZY_ALLOWED = {
     ("megavid.kernels.patchify", "megavid.kernels._triton_patchify"): "imports triton",
     ("megavid.kernels.mae_loss", "megavid.kernels._triton_mae_loss"): "imports triton",
-    **{("megavid.pretrain", m): "spawned helpers re-import the main module (megavid/pretrain.py)"
-       for m in ("megavid.faults", "megavid.cli", "megavid.config", "megavid.parallel.runtime",
-                 "megavid.training.checkpoint_dirs", "megavid.training.trainer")},
 }
 
 

@@ -223,10 +223,10 @@ def _fork_results_queue() -> None:
     """Have dist_checkpointing's writer report through a queue whose manager is forked.
 
     Its writer sends each save's results through a multiprocessing Manager queue that it
-    starts with "spawn" at the first save; that fresh interpreter then imports torch to
-    unpickle the first results: 3 s on 2 cores, on every rank of every job (7 s while the
-    main module imported megatron-core at its top, as spawn imports it again). Forked, the
-    manager shares the rank's imports, and dies with the rank (``lifeline``). 0.17+ names
+    starts with "spawn" at the first save; that fresh interpreter imports the main module
+    again (megavid.pretrain: torch and megatron-core) and torch once more to unpickle the
+    first results: 7 s on 2 cores, on every rank of every job. Forked, the manager shares
+    the rank's imports, and dies with the rank (``lifeline``). 0.17+ names
     this choice (``get_write_results_queue(mp_mode)``); 0.16 has only the module's global.
     """
     if getattr(filesystem_async, "_results_queue", False) is not None:
