@@ -76,10 +76,13 @@ class Attempt:
 
 
 def schedule(kills: int, rng: random.Random) -> list[Event]:
-    """``kills`` kills, each target about equally often and each moment among them, one
-    before-commit kill; a SIGTERM and a SIGUSR1 preemption; one damaged checkpoint."""
-    combos = [(t, m) for m in MOMENTS for t in TARGETS]
-    rng.shuffle(combos)
+    """``kills`` kills, each target and each moment equally often (plus one
+    before-commit kill of a rank); a SIGTERM and a SIGUSR1 preemption; one damaged checkpoint."""
+    # a Latin square in rounds of three: every round kills each target once and hits each moment
+    # once, so any 1 + 3n kills are balanced
+    rounds = [[(t, MOMENTS[(i + r) % 3]) for i, t in enumerate(TARGETS)] for r in range(3)]
+    rng.shuffle(rounds)
+    combos = [combo for round_ in rounds for combo in rng.sample(round_, 3)]
     events = [Event("kill", "rank", "before_commit")]
     while len(events) < kills:
         target, moment = combos[(len(events) - 1) % len(combos)]

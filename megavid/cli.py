@@ -45,6 +45,8 @@ _FLAGS = [
      "none | local (megatron-core's per-layer CUDA graphs)"),
     (("--preset",), "model.preset", str, "model size (python -m megavid.models --list)"),
     (("--mask-ratio",), "model.mask_ratio", float, "fraction of tubelets masked"),
+    (("--decoder-mask-ratio",), "model.decoder_mask_ratio", float,
+     "fraction of the masked tubelets the decoder leaves out (VideoMAE V2: 0.5)"),
     (("--transformer-impl",), "model.transformer_impl", str,
      "local | transformer_engine | auto"),
     (("--data", "--data-path"), "data.path", str, "folder of videos (default: demo clips)"),

@@ -13,6 +13,7 @@ from megavid.config.presets import (
     ModelArch,
     count_parameters,
     get_preset,
+    num_decoded,
     num_visible,
 )
 from megavid.config.schema import (
@@ -33,5 +34,5 @@ __all__ = [
     "ARCH_FIELDS", "CheckpointConfig", "ConfigError", "DataConfig", "Layout", "LayoutError",
     "LogConfig", "Machine", "ModelArch", "ModelConfig", "PRESETS", "ParallelConfig", "RunConfig",
     "StageMap", "TrainConfig", "config_from_dict", "count_parameters", "get_preset",
-    "has_validation", "load_config", "num_visible", "preflight", "validate",
+    "has_validation", "load_config", "num_decoded", "num_visible", "preflight", "validate",
 ]

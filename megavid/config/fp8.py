@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from megavid.config.presets import num_visible
+from megavid.config.presets import num_decoded, num_visible
 from megavid.config.schema import RunConfig, TrainConfig
 
 RECIPES = TrainConfig.CHOICES["fp8_recipe"]  # megatron-core's Fp8Recipe values
@@ -73,9 +73,11 @@ def padded(tokens: int, multiple: int) -> int:
 def stack_tokens(cfg: RunConfig) -> dict[str, tuple[int, int]]:
     """{"encoder": (tokens per clip, padded), "decoder": (...)}: what each stack runs on."""
     arch = cfg.model.resolved_arch()
-    visible = num_visible(arch.grid, cfg.model.mask_ratio, cfg.model.masking)
+    m = cfg.model
+    visible = num_visible(arch.grid, m.mask_ratio, m.masking)
+    decoded = num_decoded(arch.grid, m.mask_ratio, m.masking, m.decoder_mask_ratio)
     result = {}
-    for name, tokens in (("encoder", visible), ("decoder", arch.num_tokens)):
+    for name, tokens in (("encoder", visible), ("decoder", decoded)):
         multiple = token_multiple(cfg, decoder=name == "decoder")
         result[name] = (tokens, padded(tokens, multiple))
     return result

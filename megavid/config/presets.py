@@ -115,6 +115,15 @@ def num_visible(grid: tuple[int, int, int], mask_ratio: float, masking: str) -> 
     return n - int(mask_ratio * n)
 
 
+def num_decoded(grid: tuple[int, int, int], mask_ratio: float, masking: str,
+                decoder_mask_ratio: float = 0.0) -> int:
+    """Tokens per sample the MAE decoder runs on: the visible ones plus the masked ones it
+    reconstructs (``int(decoder_mask_ratio * masked)`` of the masked are dropped; 0: all N)."""
+    visible = num_visible(grid, mask_ratio, masking)
+    masked = grid[0] * grid[1] * grid[2] - visible
+    return visible + masked - int(decoder_mask_ratio * masked)
+
+
 def _stack_parameters(width: int, depth: int, ffn: int) -> int:
     # Per block: qkv + out projections with biases, two MLP linears with biases,
     # two LayerNorms with scale and bias.

@@ -41,6 +41,11 @@ class ModelConfig:
     arch: dict = field(default_factory=dict, metadata=ARCH)
     mask_ratio: float = 0.95  # fraction of tubelets hidden from the encoder
     masking: str = "random"  # random | tube (same spatial mask in every frame)
+    # fraction of the masked tubelets the decoder leaves out (VideoMAE V2's "dual masking"): it
+    # runs on the visible tubelets plus the rest of the masked ones, which alone are in the loss;
+    # drawn per sample from (seed, sample index) like the encoder mask. 0 = all N (MAE, 4DS);
+    # VideoMAE V2: 0.5. Training only: validation and pictures reconstruct every tubelet
+    decoder_mask_ratio: float = 0.0
     norm_pix_loss: bool = True  # regress per-tubelet normalised pixels (MAE's default)
     # mae: normalise each tubelet over all its values, / sqrt(var + 1e-6) (MAE, 4DS);
     # videomae: each tubelet's channels separately, / (std + 1e-6) (VideoMAE, HF's loss)
@@ -117,6 +122,9 @@ class ModelConfig:
                 f"model.mask_ratio: {self.mask_ratio} leaves no visible tubelet of "
                 f"{arch.num_tokens}; lower it"
             )
+        if not 0.0 <= self.decoder_mask_ratio < 1.0:  # < 1 keeps >= 1 masked tubelet decoded
+            raise ConfigError(f"model.decoder_mask_ratio: {self.decoder_mask_ratio} must be in "
+                              "[0, 1) (0: the decoder reconstructs every masked tubelet)")
         for name in ("layernorm_epsilon", "decoder_norm_epsilon"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -2,7 +2,8 @@
 
 Model FLOPs (matmuls only, 2 per multiply-add), padding and recomputation
 excluded, as in the MFU definition of PaLM / Megatron: the encoder sees the
-K visible tubelets, the decoder all N. Backward costs twice the forward.
+K visible tubelets, the decoder all N (with ``model.decoder_mask_ratio``, the
+K visible plus the masked ones it reconstructs). Backward costs twice the forward.
 
 What ``torch.utils.flop_counter.FlopCounterMode`` sees, checked by
 ``tests/plan/test_flops.py`` on the tiny and demo models built through
@@ -31,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from megavid.config.presets import ModelArch, num_visible
+from megavid.config.presets import ModelArch, num_decoded, num_visible
 
 
 def transformer_layer_flops(tokens: int, width: int, ffn: int) -> int:
@@ -42,10 +43,12 @@ def transformer_layer_flops(tokens: int, width: int, ffn: int) -> int:
     return projections + mlp + attention
 
 
-def mae_forward_flops(arch: ModelArch, *, mask_ratio: float, masking: str = "random") -> dict:
-    """Forward FLOPs per clip, by part."""
+def mae_forward_flops(arch: ModelArch, *, mask_ratio: float, masking: str = "random",
+                      decoder_mask_ratio: float = 0.0) -> dict:
+    """Forward FLOPs per clip, by part (the decoder and head on ``num_decoded`` tokens)."""
     k = num_visible(arch.grid, mask_ratio, masking)
-    n, p = arch.num_tokens, arch.patch_dim
+    n = num_decoded(arch.grid, mask_ratio, masking, decoder_mask_ratio)
+    p = arch.patch_dim
     d, dd = arch.hidden_size, arch.decoder_hidden_size
     parts = {
         "patch_embed": 2 * k * p * d,
@@ -73,6 +76,8 @@ def cpu_sdpa_flop_mapping() -> dict:
             ops._scaled_dot_product_flash_attention_for_cpu_backward: backward}
 
 
-def mae_train_flops_per_clip(arch: ModelArch, *, mask_ratio: float, masking: str = "random") -> int:
+def mae_train_flops_per_clip(arch: ModelArch, *, mask_ratio: float, masking: str = "random",
+                             decoder_mask_ratio: float = 0.0) -> int:
     """Forward + backward model FLOPs for one clip."""
-    return 3 * mae_forward_flops(arch, mask_ratio=mask_ratio, masking=masking)["total"]
+    return 3 * mae_forward_flops(arch, mask_ratio=mask_ratio, masking=masking,
+                                 decoder_mask_ratio=decoder_mask_ratio)["total"]

@@ -8,7 +8,8 @@ owns a contiguous range of it and the pieces around its ends:
   embedding, position embedding, gather of the visible tokens;
 - the transition (the chunk holding decoder layer 0): optional encoder norm,
   projection to the decoder width, mask tokens scattered in, decoder position
-  embedding;
+  embedding (on all N tubelets, or with ``model.decoder_mask_ratio`` on the
+  visible ones plus the subset of masked ones the loss covers);
 - ``post_process`` (last chunk): decoder norm and the pixel head.
 
 Between chunks only ``[s, b, h]`` hidden states travel (s differs between
@@ -255,14 +256,17 @@ class VideoMAEChunk(MegatronModule):
         x = self.patch_embed(visible)  # (B, K, D)
         return x + pos.to(x.dtype)
 
-    def forward(self, video: torch.Tensor | None, ids_keep: torch.Tensor) -> torch.Tensor:
-        """video (B, T, H, W, C) on the first chunk; ids_keep (B, K) everywhere.
+    def forward(self, video: torch.Tensor | None, ids_keep: torch.Tensor,
+                ids_decode: torch.Tensor | None = None) -> torch.Tensor:
+        """video (B, T, H, W, C) on the first chunk; ids_keep (B, K) everywhere; ids_decode
+        (B, S), ascending and holding ids_keep: the tokens the decoder runs on (None: all N,
+        ``masking.make_decoder_masks``).
 
         Returns the next chunk's input [s, b, h], or on the last chunk the
-        predicted tubelets (B, N, P).
+        predicted tubelets (B, S, P), S = N without ids_decode.
         """
         b, k = ids_keep.shape
-        n = self.arch.num_tokens
+        n = self.arch.num_tokens if ids_decode is None else ids_decode.shape[1]
         if self.pre_process:
             hidden = self._to_stack(self.embed(video, ids_keep),
                                     self.encoder_multiple)  # [K_pad(/tp), B, D]
@@ -275,14 +279,19 @@ class VideoMAEChunk(MegatronModule):
             if self.encoder_norm is not None:
                 hidden = self.encoder_norm(hidden)
             x = self.decoder_embed(self._from_stack(hidden, k))  # (B, K, Dd)
-            x = kernels.scatter_tokens(x, ids_keep, self.mask_token, n,
-                                       backend=self.kernel_backend)  # (B, N, Dd)
-            x = x + self.decoder_pos_embed
-            hidden = self._to_stack(x, self.decoder_multiple)  # [N_pad(/tp), B, Dd]
+            if ids_decode is None:
+                slots, pos = ids_keep, self.decoder_pos_embed  # (N, Dd)
+            else:  # where each visible token sits among the decoded ones
+                slots = torch.searchsorted(ids_decode, ids_keep)
+                pos = self.decoder_pos_embed[ids_decode]  # (B, S, Dd)
+            x = kernels.scatter_tokens(x, slots, self.mask_token, n,
+                                       backend=self.kernel_backend)  # (B, S, Dd)
+            x = x + pos
+            hidden = self._to_stack(x, self.decoder_multiple)  # [S_pad(/tp), B, Dd]
         if self.decoder is not None:
             mask = self._pad_mask(n, b, self.decoder_multiple, hidden.device)
             hidden = self.decoder(hidden, attention_mask=mask)
         if not self.post_process:
             return hidden
         hidden = self.decoder_norm(hidden)
-        return self.head(self._from_stack(hidden, n))  # (B, N, P)
+        return self.head(self._from_stack(hidden, n))  # (B, S, P)

@@ -22,6 +22,7 @@ from megavid.plan.model import (
     HEADROOM,
     RECOMPUTE_OPTIONS,
     Candidate,
+    mask_kwargs,
     peak_memory,
 )
 from megavid.plan.timing import step_time
@@ -70,8 +71,7 @@ def candidate_from_config(cfg: RunConfig, world_size: int) -> Candidate:
 def estimate_memory_per_gpu(cfg: RunConfig, world_size: int) -> float:
     """Estimated peak memory (GB) of the fullest GPU for this config on ``world_size`` GPUs."""
     c = candidate_from_config(cfg, world_size)
-    mem = peak_memory(cfg.model.resolved_arch(), c, mask_ratio=cfg.model.mask_ratio,
-                      masking=cfg.model.masking)
+    mem = peak_memory(cfg.model.resolved_arch(), c, **mask_kwargs(cfg))
     return mem["total"] / GB
 
 
@@ -109,7 +109,7 @@ def plan(cfg: RunConfig, world_size: int, gpu: str, *, allow_fp8: bool = True,
     """Fitting layouts, fastest first, with the named ``levers`` on (besides the config's)."""
     spec = gpu_spec(gpu)
     arch = cfg.model.resolved_arch()
-    kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
+    kw = mask_kwargs(cfg)
     fp8_options = (False, True) if allow_fp8 and spec["fp8"] else (False,)
     limit = spec["memory_gb"] * GB * HEADROOM
     rows, no_recompute = [], {}

@@ -20,6 +20,7 @@ from megavid.plan.model import (
     COMM_EFFICIENCY,
     MATMUL_EFFICIENCY,
     in_flight,
+    mask_kwargs,
     peak_memory,
     stack_tokens,
 )
@@ -64,7 +65,7 @@ def plan_rows(rows: list[PlanRow], top: int) -> list[dict]:
 def _padding_lines(row: PlanRow, spec: dict, cfg) -> list[str]:
     """Tokens per clip each stack runs on, and what the padding costs in step time."""
     c, arch = row.candidate, cfg.model.resolved_arch()
-    kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
+    kw = mask_kwargs(cfg)
     parts = []
     for decoder, name in ((False, "encoder"), (True, "decoder")):
         real, tokens = stack_tokens(arch, c, decoder=decoder, **kw)
@@ -84,8 +85,7 @@ def _padding_lines(row: PlanRow, spec: dict, cfg) -> list[str]:
 def _lever_lines(row: PlanRow, spec: dict, cfg) -> list[str]:
     """Step time and MFU of this layout with no lever, each lever alone, and all of them."""
     c, arch = row.candidate, cfg.model.resolved_arch()
-    kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking,
-              global_batch_size=cfg.train.global_batch_size)
+    kw = dict(**mask_kwargs(cfg), global_batch_size=cfg.train.global_batch_size)
     bare = dataclasses.replace(c, **{field: False for field in LEVERS.values()})
     cases = [("no lever", bare)] + [(f"+ {name}", with_levers(bare, [name])) for name in LEVERS]
     cases.append(("all levers", with_levers(bare, LEVERS)))
@@ -143,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--global-batch-size", type=int, default=None,
                         help="clips per step (default: the config's, or 2048)")
     parser.add_argument("--mask-ratio", type=float, default=None)
+    parser.add_argument("--decoder-mask-ratio", type=float, default=None,
+                        help="fraction of the masked tubelets the decoder leaves out")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--no-fp8", action="store_true", help="leave FP8 layouts out")
     parser.add_argument("--no-distributed-optimizer", action="store_true",
@@ -166,8 +168,9 @@ def main(argv=None) -> int:
         overrides["parallel.use_distributed_optimizer"] = not args.no_distributed_optimizer
     if args.preset:
         overrides["model.preset"] = args.preset
-    if args.mask_ratio is not None:
-        overrides["model.mask_ratio"] = args.mask_ratio
+    for name in ("mask_ratio", "decoder_mask_ratio"):
+        if getattr(args, name) is not None:
+            overrides[f"model.{name}"] = getattr(args, name)
     if args.global_batch_size or not args.config:
         overrides["train.global_batch_size"] = args.global_batch_size or 2048
     cfg = load_config(args.config, overrides)
@@ -178,6 +181,8 @@ def main(argv=None) -> int:
     rows = plan(cfg, args.gpus, args.gpu, allow_fp8=not args.no_fp8, levers=levers)
     title = (f"{cfg.model.preset} on {args.gpus} x {spec['name']}, global batch "
              f"{cfg.train.global_batch_size}, mask ratio {cfg.model.mask_ratio}"
+             + (f", decoder mask ratio {cfg.model.decoder_mask_ratio}"
+                if cfg.model.decoder_mask_ratio else "")
              + (f", levers {', '.join(levers)}" if levers else "")
              + f": {len(rows)} fitting layouts")
     if not rows and not args.json:
@@ -207,7 +212,7 @@ def _levers(text: str) -> list[str]:
 def _check_config(cfg, world: int, spec: dict) -> int:
     """Memory and time of the config's own layout; exit 1 if it does not fit."""
     c = candidate_from_config(cfg, world)
-    kw = dict(mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
+    kw = mask_kwargs(cfg)
     arch = cfg.model.resolved_arch()
     row = PlanRow(c, peak_memory(arch, c, **kw),
                   step_time(arch, c, spec, global_batch_size=cfg.train.global_batch_size, **kw))

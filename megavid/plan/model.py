@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megavid.config import StageMap
+from megavid.config import RunConfig, StageMap
 from megavid.config.fp8 import least_multiple, padded
 from megavid.config.presets import (
     ModelArch,
     _stack_parameters,
     count_parameters,
+    num_decoded,
     num_visible,
 )
 
@@ -68,11 +69,19 @@ class LayerShape:
     decoder: bool = False
 
 
+def mask_kwargs(cfg: RunConfig) -> dict:
+    """The masking settings every count below takes, from a run config."""
+    m = cfg.model
+    return dict(mask_ratio=m.mask_ratio, masking=m.masking,
+                decoder_mask_ratio=m.decoder_mask_ratio)
+
+
 def stack_tokens(arch: ModelArch, c: Candidate | None, *, mask_ratio: float, masking: str,
-                 decoder: bool) -> tuple[int, int]:
+                 decoder: bool, decoder_mask_ratio: float = 0.0) -> tuple[int, int]:
     """(useful, padded) tokens per clip of one stack: megavid.config.fp8's rule for ``c``
     (no layout, or ``c.token_padding`` off: unpadded)."""
-    real = arch.num_tokens if decoder else num_visible(arch.grid, mask_ratio, masking)
+    real = (num_decoded(arch.grid, mask_ratio, masking, decoder_mask_ratio) if decoder
+            else num_visible(arch.grid, mask_ratio, masking))
     if c is None or not c.token_padding:
         return real, real
     split = c.tp if c.sequence_parallel and c.tp > 1 else 1
@@ -87,7 +96,7 @@ def _stack_fp8(c: Candidate | None, decoder: bool) -> bool:
 
 
 def stack_layers(arch: ModelArch, mask_ratio: float, masking: str,
-                 c: Candidate | None = None) -> list[LayerShape]:
+                 c: Candidate | None = None, *, decoder_mask_ratio: float = 0.0) -> list[LayerShape]:
     """The encoder (on K visible tubelets) then the decoder (on all N), in stack order,
     each on the token count layout ``c`` pads it to."""
     shapes = []
@@ -97,7 +106,7 @@ def stack_layers(arch: ModelArch, mask_ratio: float, masking: str,
             (True, arch.decoder_hidden_size, arch.decoder_ffn_hidden_size,
              arch.decoder_num_attention_heads, arch.decoder_num_layers)):
         real, tokens = stack_tokens(arch, c, mask_ratio=mask_ratio, masking=masking,
-                                    decoder=decoder)
+                                    decoder=decoder, decoder_mask_ratio=decoder_mask_ratio)
         shapes += [LayerShape(tokens, width, ffn, heads, useful=real,
                               fp8=_stack_fp8(c, decoder), decoder=decoder)] * depth
     return shapes
@@ -165,7 +174,7 @@ def layer_activation_bytes(layer: LayerShape, c: Candidate) -> float:
 
 
 def ends_activation_bytes(arch: ModelArch, c: Candidate, rank: int, *, mask_ratio: float,
-                          masking: str) -> float:
+                          masking: str, decoder_mask_ratio: float = 0.0) -> float:
     """What the stack's ends save per micro-batch (not TP-sharded: they are replicated).
 
     First rank: the visible tubelets' pixels (b K P) for the tubelet embedding's
@@ -173,7 +182,8 @@ def ends_activation_bytes(arch: ModelArch, c: Candidate, rank: int, *, mask_rati
     loss's fp32 copy of the predictions (b N P).
     """
     elem = 2.0 if c.bf16 else 4.0
-    b, n, p = c.micro_batch_size, arch.num_tokens, arch.patch_dim
+    b, p = c.micro_batch_size, arch.patch_dim
+    n = num_decoded(arch.grid, mask_ratio, masking, decoder_mask_ratio)
     total = 0.0
     if rank == 0:
         total += elem * b * num_visible(arch.grid, mask_ratio, masking) * p
@@ -198,13 +208,14 @@ def in_flight(c: Candidate, rank: int) -> float:
 
 
 def rank_memory(arch: ModelArch, c: Candidate, rank: int, *, mask_ratio: float,
-                masking: str) -> dict:
+                masking: str, decoder_mask_ratio: float = 0.0) -> dict:
     """Bytes per GPU of pipeline rank ``rank``, by part."""
     params = rank_parameters(arch, c, rank)
-    layers = stack_layers(arch, mask_ratio, masking, c)
+    layers = stack_layers(arch, mask_ratio, masking, c, decoder_mask_ratio=decoder_mask_ratio)
     chunks = rank_layers(layers, c.pp, c.vpp, rank)
     per_mb = sum(layer_activation_bytes(l, c) for chunk in chunks for l in chunk) + \
-        ends_activation_bytes(arch, c, rank, mask_ratio=mask_ratio, masking=masking)
+        ends_activation_bytes(arch, c, rank, mask_ratio=mask_ratio, masking=masking,
+                              decoder_mask_ratio=decoder_mask_ratio)
     acts = per_mb * in_flight(c, rank)
     if c.recompute == "full":  # one layer's full activations while it is recomputed
         biggest = max(layers, key=lambda l: l.tokens * (4 * l.width + l.ffn))
@@ -218,9 +229,11 @@ def rank_memory(arch: ModelArch, c: Candidate, rank: int, *, mask_ratio: float,
     return parts
 
 
-def peak_memory(arch: ModelArch, c: Candidate, *, mask_ratio: float, masking: str) -> dict:
+def peak_memory(arch: ModelArch, c: Candidate, *, mask_ratio: float, masking: str,
+                decoder_mask_ratio: float = 0.0) -> dict:
     """The fullest pipeline rank's memory breakdown (bytes) and which rank it is."""
-    ranks = [rank_memory(arch, c, r, mask_ratio=mask_ratio, masking=masking)
+    ranks = [rank_memory(arch, c, r, mask_ratio=mask_ratio, masking=masking,
+                         decoder_mask_ratio=decoder_mask_ratio)
              for r in range(c.pp)]
     worst = max(range(c.pp), key=lambda r: ranks[r]["total"])
     return {**ranks[worst], "rank": worst}

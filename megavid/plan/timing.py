@@ -102,19 +102,21 @@ def _link(spec: dict, group_span: int) -> tuple[float, float]:
 
 
 def rank_time(arch: ModelArch, c: Candidate, rank: int, spec: dict, *,
-              mask_ratio: float, masking: str) -> dict:
+              mask_ratio: float, masking: str, decoder_mask_ratio: float = 0.0) -> dict:
     """Seconds one micro-batch spends on pipeline rank ``rank`` (all its chunks), by part."""
     b, t = c.micro_batch_size, c.tp
     elem = 2 if c.bf16 else 4
     attn_rate = spec["bf16"] * 1e12 * MATMUL_EFFICIENCY["bf16"]
     compute = comm = 0.0
-    layers = stack_layers(arch, mask_ratio, masking, c)  # on padded tokens: what runs
+    # on padded tokens: what runs
+    layers = stack_layers(arch, mask_ratio, masking, c, decoder_mask_ratio=decoder_mask_ratio)
     for chunk in rank_layers(layers, c.pp, c.vpp, rank):
         for layer in chunk:
             part = layer_seconds(layer, b, spec, c)
             compute += part["compute"]
             comm += part["tp_comm"]
-    parts = mae_forward_flops(arch, mask_ratio=mask_ratio, masking=masking)
+    parts = mae_forward_flops(arch, mask_ratio=mask_ratio, masking=masking,
+                              decoder_mask_ratio=decoder_mask_ratio)
     ends = (parts["patch_embed"] if rank == 0 else 0) + \
            (parts["decoder_embed"] + parts["head"] if rank == c.pp - 1 else 0)
     compute += 3 * b * ends / attn_rate
@@ -144,9 +146,10 @@ def dp_time(arch: ModelArch, c: Candidate, spec: dict) -> float:
 
 
 def step_time(arch: ModelArch, c: Candidate, spec: dict, *, mask_ratio: float,
-              masking: str, global_batch_size: int) -> dict:
+              masking: str, global_batch_size: int, decoder_mask_ratio: float = 0.0) -> dict:
     """Seconds per optimizer step, by part, and MFU against the bf16 dense peak."""
-    ranks = [rank_time(arch, c, r, spec, mask_ratio=mask_ratio, masking=masking)
+    ranks = [rank_time(arch, c, r, spec, mask_ratio=mask_ratio, masking=masking,
+                       decoder_mask_ratio=decoder_mask_ratio)
              for r in range(c.pp)]
     slowest = max(ranks, key=lambda r: r["total"])
     m, p, v = c.num_microbatches, c.pp, c.vpp
@@ -159,7 +162,8 @@ def step_time(arch: ModelArch, c: Candidate, spec: dict, *, mask_ratio: float,
     optimizer = shard * 32 / (spec["hbm_gbs"] * 1e9 * HBM_EFFICIENCY)
     step = pipeline + dp + optimizer
     # useful FLOPs only: MFU does not count the padding (its time is in ``step``)
-    model_flops = mae_train_flops_per_clip(arch, mask_ratio=mask_ratio, masking=masking) \
+    model_flops = mae_train_flops_per_clip(arch, mask_ratio=mask_ratio, masking=masking,
+                                           decoder_mask_ratio=decoder_mask_ratio) \
         * global_batch_size
     world = c.tp * c.pp * c.dp
     mfu = model_flops / (step * world * spec["bf16"] * 1e12)

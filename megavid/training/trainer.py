@@ -19,7 +19,7 @@ from megavid import faults
 from megavid.config import RunConfig, has_validation
 from megavid.config.fp8 import stack_tokens
 from megavid.config.preflight import Machine, preflight
-from megavid.config.presets import num_visible
+from megavid.config.presets import num_decoded, num_visible
 from megavid.data import build_train_loader
 from megavid.data.stats import DataStats
 from megavid.models.builder import build_model_chunks
@@ -125,7 +125,8 @@ class Trainer:
         self.data_iterator = list(iterators) if layout.vpp > 1 else iterators[0]
         self.forward_step = make_forward_step(cfg)
         self._flops_per_clip = mae_train_flops_per_clip(
-            self.arch, mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking)
+            self.arch, mask_ratio=cfg.model.mask_ratio, masking=cfg.model.masking,
+            decoder_mask_ratio=cfg.model.decoder_mask_ratio)
         self._peak_tflops, _ = peak_tflops(cfg.train.fp8 and "fp8" or cfg.train.precision)
         self.stop_request = StopRequest(cfg.checkpoint.exit_duration_in_mins)
         self._consecutive_skips = 0
@@ -142,7 +143,11 @@ class Trainer:
             config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
 
     def _announce(self, world_size: int) -> None:
-        lay, arch = self.layout, self.arch
+        lay, arch, model = self.layout, self.arch, self.cfg.model
+        decoded = ""
+        if model.decoder_mask_ratio:
+            s = num_decoded(arch.grid, model.mask_ratio, model.masking, model.decoder_mask_ratio)
+            decoded = f", decoder on {s} (decoder_mask_ratio {model.decoder_mask_ratio:g})"
         n_params = sum(p.numel() for chunk in self.model for p in chunk.parameters())
         self.progress.info(
             f"[bold]megavid[/bold] preset {self.cfg.model.preset} | world {world_size} = "
@@ -150,7 +155,7 @@ class Trainer:
             f"micro-batch {lay.micro_batch_size} x {lay.num_microbatches} x dp {lay.dp} = "
             f"global batch {self.cfg.train.global_batch_size} | clip {arch.num_frames}x"
             f"{arch.image_size}x{arch.image_size}, {arch.num_tokens} tubelets, "
-            f"{num_visible(arch.grid, self.cfg.model.mask_ratio, self.cfg.model.masking)} visible"
+            f"{num_visible(arch.grid, model.mask_ratio, model.masking)} visible{decoded}"
             f" | rank-0 params {n_params:,} | logs {self.progress.log_dir}"
         )
         self.progress.info(describe_choices(self.cfg, self.machine, lay.backend))

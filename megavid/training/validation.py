@@ -35,8 +35,10 @@ class Validator:
                       micro_batch_size=layout.micro_batch_size,
                       dp_rank=parallel_state.get_data_parallel_rank(), dp_size=layout.dp)
         self.loader = build_valid_loader(cfg.data, self.arch, **kwargs)
-        self.forward_step = make_forward_step(cfg, mask_seed=VALID_SEED)
-        self.picture_step = make_forward_step(cfg, mask_seed=VALID_SEED, keep_pred=True)
+        # every masked tubelet reconstructed: the loss does not depend on decoder masking
+        self.forward_step = make_forward_step(cfg, mask_seed=VALID_SEED, full_decoder=True)
+        self.picture_step = make_forward_step(cfg, mask_seed=VALID_SEED, keep_pred=True,
+                                              full_decoder=True)
 
     @property
     def num_clips(self) -> int:

@@ -39,6 +39,7 @@ def test_good_layout_derives_dp_and_microbatches():
 @pytest.mark.parametrize("overrides, needle", [
     ({"model.preset": "4ds-x"}, "model.preset: unknown preset '4ds-x'"),
     ({"model.mask_ratio": 1.0}, "model.mask_ratio"),
+    ({"model.decoder_mask_ratio": 1.0}, "model.decoder_mask_ratio: 1.0 must be in [0, 1)"),
     ({"parallel.sequence_parallel": True}, "--sp needs --tp > 1"),
     ({"train.fp8": "hybrid", "model.transformer_impl": "local"}, "--fp8 needs the Transformer Engine"),
     ({"train.lr_warmup_iters": -1}, "--lr-warmup-iters -1 must be >= 0"),

@@ -14,10 +14,15 @@ from megavid.kernels.reference import (
 )
 
 from megavid.config import load_config
-from megavid.config.presets import count_parameters, get_preset, num_visible
+from megavid.config.presets import (
+    count_parameters,
+    get_preset,
+    num_decoded,
+    num_visible,
+)
 from megavid.models.builder import build_model_chunks
 from megavid.models.initialization import initialize_chunk
-from megavid.models.masking import make_masks
+from megavid.models.masking import make_decoder_masks, make_masks
 from megavid.parallel import runtime
 
 
@@ -65,6 +70,62 @@ def test_forward_predicts_every_tubelet_and_loss_sees_only_masked(single_process
     video2 = unpatchify(torch.where(mask.unsqueeze(-1), torch.rand_like(patches), patches),
                         arch.tubelet, arch.grid, 3)
     assert torch.allclose(chunk(video2, ids_keep), pred, atol=1e-6)
+
+
+def test_decoder_on_all_tubelets_is_the_full_decoder_and_a_subset_sees_only_its_own(
+        single_process_model):
+    """ids_decode = all N is bit-identical to the default; with a subset, the predictions of
+    the decoded tokens do not depend on the pixels of any masked tubelet (dropped or not),
+    and the loss covers exactly the reconstructed ones."""
+    cfg, chunk = single_process_model
+    arch = cfg.model.resolved_arch()
+    video = torch.rand(2, arch.num_frames, arch.image_size, arch.image_size, 3)
+    index = torch.tensor([5, 9])
+    masks = dict(grid=arch.grid, mask_ratio=0.75, masking="random")
+    ids_keep, mask = make_masks(index, seed=1, **masks)
+    everything = torch.arange(arch.num_tokens).expand(2, -1)
+    assert torch.equal(chunk(video, ids_keep, everything), chunk(video, ids_keep))
+    ids_decode, target = make_decoder_masks(index, mask, seed=1, decoder_mask_ratio=0.5, **masks)
+    pred = chunk(video, ids_keep, ids_decode)
+    s = num_decoded(arch.grid, 0.75, "random", 0.5)
+    assert pred.shape == (2, s, arch.patch_dim) and s < arch.num_tokens
+    patches = patchify(video, arch.tubelet)
+    video2 = unpatchify(torch.where(mask.unsqueeze(-1), torch.rand_like(patches), patches),
+                        arch.tubelet, arch.grid, 3)
+    assert torch.allclose(chunk(video2, ids_keep, ids_decode), pred, atol=1e-6)
+    targets = gather_tokens(patches, ids_decode)
+    tampered = pred.detach().clone()
+    tampered[~target] += 100.0  # visible tokens among the decoded ones: not in the loss
+    assert mae_loss(tampered, targets, target) == pytest.approx(
+        mae_loss(pred.detach(), targets, target).item())
+
+
+def test_decoder_masks_are_a_pure_function_of_seed_and_sample():
+    """The decoder's subset: every visible tubelet plus a fixed number of masked ones drawn
+    from (seed, sample index) alone, so batch composition (the layout) and resume do not
+    change it; drawn independently of the encoder's mask."""
+    grid = get_preset("4ds-b").grid
+    masks = dict(grid=grid, mask_ratio=0.95, masking="random")
+    ids_a, mask_a = make_masks(torch.tensor([3, 4]), seed=0, **masks)
+    _, mask_b = make_masks(torch.tensor([4]), seed=0, **masks)
+    dec_a, target_a = make_decoder_masks(torch.tensor([3, 4]), mask_a, seed=0,
+                                         decoder_mask_ratio=0.5, **masks)
+    dec_b, target_b = make_decoder_masks(torch.tensor([4]), mask_b, seed=0,
+                                         decoder_mask_ratio=0.5, **masks)
+    assert torch.equal(dec_a[1:], dec_b) and torch.equal(target_a[1:], target_b)
+    assert num_decoded(grid, 0.95, "random", 0.5) == 79 + 745 == dec_a.shape[1]
+    assert target_a.sum(1).tolist() == [745, 745]  # 1489 masked, int(0.5 * 1489) dropped
+    assert (dec_a.diff(dim=1) > 0).all()  # ascending, no repeats
+    for row, keep in zip(dec_a, ids_a):
+        assert torch.isin(keep, row).all()
+    assert torch.equal(target_a, mask_a.gather(1, dec_a))
+    assert not torch.equal(dec_a[0], dec_a[1])
+    other, _ = make_decoder_masks(torch.tensor([3, 4]), mask_a, seed=1, decoder_mask_ratio=0.5,
+                                  **masks)
+    assert not torch.equal(other, dec_a)
+    # not simply the first masked tubelets: spread over the whole clip
+    masked_ids = mask_a[0].nonzero().squeeze(1)
+    assert dec_a[0][target_a[0]].max() > masked_ids[745]
 
 
 def test_patchify_roundtrip_and_layout():

@@ -66,6 +66,30 @@ def test_layout_matches_single_process(name, reference, runs):
     assert reference[0]["grad_norm"] > 0 and reference[2]["loss"] != reference[0]["loss"]
 
 
+DECODER_MASKING = ("--decoder-mask-ratio", "0.5")  # decoder on 13 + 26 of 64: 40 at tp2+sp
+
+
+@pytest.mark.parametrize("name", ["tp2_sp", "pp2"])
+def test_decoder_masking_layout_matches_single_process(name, runs):
+    """The decoder's subset is drawn per sample on every rank that needs it (the first stage
+    for nothing, the transition, the loss): TP+SP (its padding) and PP (the decoder stack's
+    own token count between stages) train exactly what one process does. The subset is in
+    effect (losses differ from the full decoder's) and validation, on every tubelet, agrees."""
+    nproc, flags = LAYOUTS[name]
+    reference = runs("single_decoder_masking", 1, *DECODER_MASKING)
+    metrics = runs(f"{name}_decoder_masking", nproc, *flags, *DECODER_MASKING)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for ref, got in zip(reference, metrics):
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5), (name, ref["step"])
+        assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), (name, ref["step"])
+        if "val_loss" in ref:
+            assert got["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5), name
+    full = runs("single", 1)  # mock clips' losses sit near 1 either way; gradients tell
+    for a, b in zip(reference, full):
+        assert a["loss"] != pytest.approx(b["loss"], rel=1e-6)
+        assert a["grad_norm"] != pytest.approx(b["grad_norm"], rel=0.05)
+
+
 PAD = ("--set", "model.pad_to_multiple_of={}")
 
 

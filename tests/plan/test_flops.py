@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from megavid.config.presets import PRESETS
@@ -11,6 +12,7 @@ from megavid.models.flops import (
     mae_forward_flops,
     mae_train_flops_per_clip,
 )
+from megavid.models.masking import make_decoder_masks
 
 BATCH = 2
 
@@ -35,6 +37,20 @@ def test_forward_flops_match_counter_exactly(build_chunk, preset, mask_ratio):
     video, ids_keep, _ = inputs(BATCH)
     counted = _count(lambda: chunk(video, ids_keep))
     assert counted == BATCH * mae_forward_flops(arch, mask_ratio=mask_ratio)["total"]
+
+
+@pytest.mark.parametrize("decoder_mask_ratio", [0.5, 0.9])
+def test_decoder_masking_flops_match_counter_exactly(build_chunk, decoder_mask_ratio):
+    """The decoder and head on the visible plus the reconstructed tubelets only."""
+    _, arch, chunk, inputs = build_chunk("tiny", 0.75)
+    video, ids_keep, mask = inputs(BATCH)
+    ids_decode, _ = make_decoder_masks(torch.arange(BATCH), mask, grid=arch.grid,
+                                       mask_ratio=0.75, masking="random",
+                                       decoder_mask_ratio=decoder_mask_ratio, seed=1)
+    counted = _count(lambda: chunk(video, ids_keep, ids_decode))
+    full = mae_forward_flops(arch, mask_ratio=0.75)["total"]
+    expected = mae_forward_flops(arch, mask_ratio=0.75, decoder_mask_ratio=decoder_mask_ratio)
+    assert counted == BATCH * expected["total"] < BATCH * full
 
 
 @pytest.mark.parametrize("preset", ["tiny", "demo"])

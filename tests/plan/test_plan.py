@@ -155,3 +155,22 @@ def test_padding_costs_time_and_memory_but_not_model_flops():
     # an explicit multiple pads both stacks
     both = Candidate(**{**c.__dict__, "pad_to_multiple_of": 48})
     assert stack_tokens(arch, both, decoder=True, **kw) == (1568, 1584)
+
+
+def test_decoder_masking_shortens_the_decoder_stack_in_time_memory_and_flops():
+    """4DS-B at mask 0.95, decoder_mask_ratio 0.5: the decoder runs on 79 + 745 = 824
+    tokens (a multiple of TP2+SP's 2, so unpadded); the planner's
+    time, memory and MFU FLOPs all count 824, the encoder is unchanged."""
+    arch = get_preset("4ds-b")
+    full, dual = (dict(mask_ratio=0.95, masking="random", decoder_mask_ratio=r) for r in (0, 0.5))
+    c = Candidate(tp=2, pp=1, vpp=1, dp=1, micro_batch_size=1, num_microbatches=8,
+                  sequence_parallel=True)
+    assert stack_tokens(arch, c, decoder=True, **full) == (1568, 1568)
+    assert stack_tokens(arch, c, decoder=True, **dual) == (824, 824)
+    assert stack_tokens(arch, c, decoder=False, **dual) == stack_tokens(arch, c, decoder=False,
+                                                                        **full) == (79, 80)
+    assert [l.tokens for l in stack_layers(arch, c=c, **dual)][-1] == 824
+    t_full = step_time(arch, c, _SPEC, global_batch_size=8, **full)
+    t_dual = step_time(arch, c, _SPEC, global_batch_size=8, **dual)
+    assert t_dual["step"] < t_full["step"] and t_dual["model_flops"] < t_full["model_flops"]
+    assert peak_memory(arch, c, **dual)["activations"] < peak_memory(arch, c, **full)["activations"]
