@@ -64,6 +64,7 @@ def test_layout_matches_single_process(name, reference, runs):
             assert got["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5), name
     # the run must actually move: a parity test of a frozen model proves nothing
     assert reference[0]["grad_norm"] > 0 and reference[2]["loss"] != reference[0]["loss"]
+    assert "val_loss" in reference[-1]  # mock validation clips, evaluated after the last step
 
 
 DECODER_MASKING = ("--decoder-mask-ratio", "0.5")  # decoder on 13 + 26 of 64: 40 at tp2+sp

@@ -65,23 +65,29 @@ def test_training_checkpoint_resumes_bit_identically_across_versions(tmp_path, d
 
 def test_weights_only_checkpoint_loads_either_way(tmp_path, launch):
     """A converted (weights-only) checkpoint written by either version gives the same
-    features under the other as the source file does."""
+    features under the other as the source file does (three processes: the other version
+    converts; this one reads that, the source file, and converts; the other reads that)."""
     npz = make_fourds_npz(tmp_path / "model.npz", layers=2)
     video = torch.rand(1, 4, 24, 24, 3, generator=torch.Generator().manual_seed(0))
     torch.save(video, tmp_path / "video.pt")
-    script = ("import sys, torch; from megavid.inference import load_encoder; "
-              "v = torch.load(sys.argv[2]); "
-              "torch.save(load_encoder(sys.argv[1]).features(v, depth=1.0), sys.argv[3])")
-    features = {}
-    for name, writer, reader in (("a", OTHER, sys.executable), ("b", sys.executable, OTHER)):
-        ckpt = tmp_path / f"ckpt_{name}"
-        run(launch, writer, "-m", "megavid.tools.convert", "--from", "4ds-npz", "--to", "megavid",
-            str(npz), str(ckpt))
-        run(launch, reader, "-c", script, str(ckpt), str(tmp_path / "video.pt"),
-            str(tmp_path / f"{name}.pt"))
-        features[name] = torch.load(tmp_path / f"{name}.pt")
-    run(launch, sys.executable, "-c", script, str(npz), str(tmp_path / "video.pt"),
-        str(tmp_path / "npz.pt"))
-    reference = torch.load(tmp_path / "npz.pt")
-    assert torch.equal(features["a"], reference)
-    assert torch.equal(features["b"], reference)
+    script = """
+import sys, torch
+from megavid.inference import load_encoder
+from megavid.tools.convert import main
+args = sys.argv[1:]  # VIDEO [convert SOURCE DEST] (CHECKPOINT OUT)...
+video = torch.load(args.pop(0))
+if args[0] == "convert":
+    main(["--from", "4ds-npz", "--to", "megavid", args[1], args[2]])
+    args = args[3:]
+for ckpt, out in zip(args[::2], args[1::2]):
+    torch.save(load_encoder(ckpt).features(video, depth=1.0), out)
+"""
+    video_pt, ckpt_a, ckpt_b = tmp_path / "video.pt", tmp_path / "ckpt_a", tmp_path / "ckpt_b"
+    out = {name: tmp_path / f"{name}.pt" for name in ("a", "b", "npz")}
+    run(launch, OTHER, "-c", script, str(video_pt), "convert", str(npz), str(ckpt_a))
+    run(launch, sys.executable, "-c", script, str(video_pt), "convert", str(npz), str(ckpt_b),
+        str(ckpt_a), str(out["a"]), str(npz), str(out["npz"]))
+    run(launch, OTHER, "-c", script, str(video_pt), str(ckpt_b), str(out["b"]))
+    reference = torch.load(out["npz"])
+    assert torch.equal(torch.load(out["a"]), reference)
+    assert torch.equal(torch.load(out["b"]), reference)
