@@ -9,11 +9,19 @@ too), so load drift on the machine hits both alike. Per side: median step
 time, achieved model TFLOP/s (``megavid.models.flops``, the same count for
 both), and that as a fraction of this machine's measured fp32 GEMM peak.
 Ratios ``step_speedup_vs_hf_<preset>_<mask>`` = HF time / megavid time (> 1:
-megavid is faster).
+megavid is faster), from the medians; ``spread`` in the JSON gives the ratio of
+each alternation pair (min / median / max), i.e. how noisy the machine was.
+
+bf16 (``--dtypes``): megavid with ``train.precision=bf16`` (``--bf16``: bf16
+parameters in megatron-core's Float16Module, fp32 main weights and grad
+buffer) against HF's fp32 model under ``torch.autocast("cpu", torch.bfloat16)``
+(same shapes, fp32 AdamW); ratios ``step_speedup_vs_hf_bf16_<preset>_<mask>``.
 
     python benchmarks/train_step.py --out benchmarks/results/train_step_vs_hf_cpu.json
     python benchmarks/train_step.py --presets 4ds-s --masks 0.95 --steps 7
+    python benchmarks/train_step.py --presets 4ds-s --masks 0.95 --dtypes bf16
     python benchmarks/train_step.py --profile 4ds-s   # megavid's step under torch.profiler
+    python benchmarks/train_step.py --profile-hf 4ds-s   # HF's step under torch.profiler
 
 Needs ``pip install 'megavid[bench]'`` (transformers).
 """
@@ -40,7 +48,8 @@ class MegavidSide:
 
     name = "megavid"
 
-    def __init__(self, preset: str, batch: int, mask_ratio: float, log_dir: str):
+    def __init__(self, preset: str, batch: int, mask_ratio: float, log_dir: str,
+                 dtype: str = "fp32"):
         from megavid.config import load_config
         from megavid.training.trainer import Trainer
 
@@ -48,7 +57,7 @@ class MegavidSide:
         cfg = load_config(overrides={
             "model.preset": preset, "model.mask_ratio": mask_ratio, "data.mock": True,
             "train.micro_batch_size": batch, "train.global_batch_size": batch,
-            "train.train_iters": 10_000, "train.lr_warmup_iters": 1,
+            "train.train_iters": 10_000, "train.lr_warmup_iters": 1, "train.precision": dtype,
             "log.log_dir": log_dir, "log.tensorboard": False, "log.plot": False,
         })
         self.trainer = Trainer(cfg)
@@ -84,12 +93,14 @@ def hf_model(arch):
 
 
 class HFSide:
-    """Forward, backward, clip, ``torch.optim.AdamW`` (torch's default implementation)."""
+    """Forward, backward, clip, ``torch.optim.AdamW`` (torch's default implementation);
+    bf16: the forward (and loss) under CPU autocast, fp32 weights and optimizer."""
 
     name = "hf-videomae"
 
-    def __init__(self, arch, batch: int, mask_ratio: float):
+    def __init__(self, arch, batch: int, mask_ratio: float, dtype: str = "fp32"):
         self.arch, self.batch = arch, batch
+        self.autocast = dtype == "bf16"
         self.model = hf_model(arch).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05)
         # HF wants the same number of masked tubelets in every clip: megavid's masks have that
@@ -101,7 +112,8 @@ class HFSide:
         a = self.arch  # a fresh batch each step, as megavid's mock loader makes: (B, T, C, H, W)
         video = torch.rand(self.batch, a.num_frames, a.channels, a.image_size, a.image_size)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.model(pixel_values=video, bool_masked_pos=self.mask).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.model(pixel_values=video, bool_masked_pos=self.mask).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -116,10 +128,12 @@ def _timed(side) -> float:
     return time.perf_counter() - start
 
 
-def compare(preset: str, batch: int, mask_ratio: float, steps: int, log_dir: str) -> dict:
+def compare(preset: str, batch: int, mask_ratio: float, steps: int, log_dir: str,
+            dtype: str = "fp32") -> dict:
     """Alternate the two sides step by step; seconds per step of each."""
     arch = get_preset(preset)
-    sides = [MegavidSide(preset, batch, mask_ratio, log_dir), HFSide(arch, batch, mask_ratio)]
+    sides = [MegavidSide(preset, batch, mask_ratio, log_dir, dtype),
+             HFSide(arch, batch, mask_ratio, dtype)]
     times = {side.name: [] for side in sides}
     for side in sides:  # warm-up to steady state: optimizer state, thread pools, and the
         for _ in range(3):  # malloc heap (megavid's CPU runs page-fault for the first ~3 steps)
@@ -133,18 +147,31 @@ def compare(preset: str, batch: int, mask_ratio: float, steps: int, log_dir: str
     return {"times": times, "params": params}
 
 
+def pair_spread(times: dict) -> dict:
+    """HF / megavid per alternation pair (step i of each side): min, median, max."""
+    pairs = [hf / mv for hf, mv in zip(times["hf-videomae"], times["megavid"])]
+    return {"min": round(min(pairs), 3), "median": round(statistics.median(pairs), 3),
+            "max": round(max(pairs), 3), "pairs": [round(r, 3) for r in pairs]}
+
+
+def ratio_key(preset: str, mask_ratio: float, dtype: str) -> str:
+    """``step_speedup_vs_hf_<preset>_<mask>`` (fp32, the original keys) or ``..._bf16_...``."""
+    tag = "" if dtype == "fp32" else f"{dtype}_"
+    return f"step_speedup_vs_hf_{tag}{preset}_{mask_ratio:g}"
+
+
 def rows_for(preset: str, batch: int, mask_ratio: float, steps: int, result: dict,
-             peak: float) -> tuple[list[dict], float]:
+             peak: float, dtype: str = "fp32") -> tuple[list[dict], float]:
     arch = get_preset(preset)
     flops = batch * mae_train_flops_per_clip(arch, mask_ratio=mask_ratio)
-    settings = {"preset": preset, "batch": batch, "mask_ratio": mask_ratio,
+    settings = {"preset": preset, "batch": batch, "mask_ratio": mask_ratio, "dtype": dtype,
                 "visible": num_visible(arch.grid, mask_ratio, "random"), "steps": steps,
                 "model_flops_per_step": flops}
     rows, median = [], {}
     for side, times in result["times"].items():
         median[side] = statistics.median(times)
         tflops = flops / median[side] / 1e12
-        rows.append({"name": f"train_step {side} {preset} mask={mask_ratio:g}",
+        rows.append({"name": f"train_step {side} {preset} mask={mask_ratio:g} {dtype}",
                      "value": round(median[side] * 1e3, 2), "unit": "ms",
                      "times_ms": [round(t * 1e3, 1) for t in times],
                      "tflops": round(tflops, 4), "frac_gemm_peak": round(tflops / peak, 3),
@@ -152,18 +179,23 @@ def rows_for(preset: str, batch: int, mask_ratio: float, steps: int, result: dic
     return rows, median["hf-videomae"] / median["megavid"]
 
 
-def profile_megavid(preset: str, batch: int, mask_ratio: float) -> None:
-    """Print where megavid's step spends its time (torch.profiler, by op)."""
+def profile_side(side_name: str, preset: str, batch: int, mask_ratio: float,
+                 dtype: str = "fp32", rows: int = 25) -> None:
+    """Print where one side's step spends its time (torch.profiler, by op, self CPU time)."""
     from torch.profiler import ProfilerActivity, profile
 
     with tempfile.TemporaryDirectory() as log_dir:
-        side = MegavidSide(preset, batch, mask_ratio, log_dir)
-        side.step()
-        side.step()
+        if side_name == "megavid":
+            side = MegavidSide(preset, batch, mask_ratio, log_dir, dtype)
+        else:
+            side = HFSide(get_preset(preset), batch, mask_ratio, dtype)
+        for _ in range(3):  # steady state, as in compare()
+            side.step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             side.step()
         side.close()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    print(f"{side.name} {preset} mask={mask_ratio:g} batch={batch} {dtype}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
@@ -172,41 +204,62 @@ def main() -> None:
     parser.add_argument("--masks", default="0.95,0.9", help="comma-separated mask ratios")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
+    parser.add_argument("--dtypes", default="fp32,bf16",
+                        help="comma-separated, of fp32 and bf16 (profiles: the first)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, mask 0.9, 2 steps")
     parser.add_argument("--profile", metavar="PRESET", help="profile megavid's step and exit")
+    parser.add_argument("--profile-hf", metavar="PRESET", help="profile HF's step and exit")
     parser.add_argument("--out", default="train_step.json")
     args = parser.parse_args()
     masks = [float(m) for m in args.masks.split(",")]
-    if args.profile:
-        profile_megavid(args.profile, args.batch, masks[0])
+    dtypes = args.dtypes.split(",")
+    if not dtypes or set(dtypes) - {"fp32", "bf16"}:
+        parser.error(f"--dtypes: fp32 and/or bf16, got {args.dtypes!r}")
+    if args.profile or args.profile_hf:
+        for name, preset in (("megavid", args.profile), ("hf", args.profile_hf)):
+            if preset:
+                profile_side(name, preset, args.batch, masks[0], dtypes[0])
         return
     presets, steps = args.presets.split(","), args.steps
     if args.quick:
         presets, masks, steps = ["tiny"], [0.9], 2
     peak = measured_cpu_tflops(2048)
-    rows, ratios = [], {}
+    rows, ratios, spread = [], {}, {}
     with tempfile.TemporaryDirectory() as log_dir:
-        for preset in presets:
-            for mask in masks:
-                result = compare(preset, args.batch, mask, steps, log_dir)
-                new_rows, speedup = rows_for(preset, args.batch, mask, steps, result, peak)
-                rows += new_rows
-                ratios[f"step_speedup_vs_hf_{preset}_{mask:g}"] = round(speedup, 3)
-                for row in new_rows:
-                    print(f"{row['name']:40s} {row['value']:9.1f} ms  {row['tflops']:.3f} "
-                          f"TFLOP/s  {row['frac_gemm_peak']:.0%} of GEMM peak", flush=True)
+        for dtype in dtypes:
+            for preset in presets:
+                for mask in masks:
+                    result = compare(preset, args.batch, mask, steps, log_dir, dtype)
+                    new_rows, speedup = rows_for(preset, args.batch, mask, steps, result, peak,
+                                                 dtype)
+                    rows += new_rows
+                    key = ratio_key(preset, mask, dtype)
+                    ratios[key] = round(speedup, 3)
+                    spread[key] = pair_spread(result["times"])
+                    for row in new_rows:
+                        print(f"{row['name']:45s} {row['value']:9.1f} ms  {row['tflops']:.3f} "
+                              f"TFLOP/s  {row['frac_gemm_peak']:.0%} of GEMM peak", flush=True)
+                    print(f"  {key} {ratios[key]} (pairs min/median/max "
+                          f"{spread[key]['min']}/{spread[key]['median']}/{spread[key]['max']})",
+                          flush=True)
     notes = [
-        "CPU fp32, one process, the two sides alternated step by step; megavid: "
+        "CPU, one process, the two sides alternated step by step; megavid: "
         "Trainer.train_step (megatron-core schedule, DDP grad buffer, megatron optimizer, grad "
         "clip, loss all-reduce, mock loader); HF: fresh torch.rand batch, forward, backward, "
         "clip, torch AdamW",
         "TFLOP/s: model FLOPs of megavid.models.flops (encoder on visible tubelets, decoder on "
         "all, 3x forward) for both sides; frac_gemm_peak against a measured 2048^3 fp32 matmul",
         "HF uses fixed sin-cos position embeddings, megavid learned ones (model_params differ)",
+        "bf16: megavid train.precision=bf16 (bf16 weights, fp32 main weights and grad buffer); "
+        "HF fp32 weights, forward and loss under torch.autocast('cpu', torch.bfloat16); "
+        "frac_gemm_peak is still against the fp32 GEMM peak",
+        "spread: HF/megavid step-time ratio of each alternation pair, min/median/max",
     ]
     obj = write_results(args.out, "benchmarks.train_step", rows, ratios, notes=notes,
                         extra={"settings": {"quick": args.quick, "gemm_peak_tflops": peak,
-                                            "threads": torch.get_num_threads()}})
+                                            "threads": torch.get_num_threads(),
+                                            "dtypes": dtypes},
+                               "spread": spread})
     print(obj["ratios"])
 
 
