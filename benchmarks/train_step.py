@@ -8,7 +8,9 @@ process, step for step in alternation (the side that goes first alternates
 too), so load drift on the machine hits both alike. Per side: median step
 time, achieved model TFLOP/s (``megavid.models.flops``, the same count for
 both), and that as a fraction of this machine's measured fp32 GEMM peak.
-Ratios ``step_speedup_vs_hf_<preset>_<mask>`` = HF time / megavid time (> 1:
+A third side (fp32, ``--decoder-mask-ratio``, default 0.5) is megavid with decoder
+masking: a different algorithm, reported under ``different_algorithm_decoder_mask_*``
+keys. Ratios ``step_speedup_vs_hf_<preset>_<mask>`` = HF time / megavid time (> 1:
 megavid is faster), from the medians; ``spread`` in the JSON gives the ratio of
 each alternation pair (min / median / max), i.e. how noisy the machine was.
 
@@ -73,6 +75,35 @@ class MegavidSide:
         runtime.shutdown()
 
 
+class DecoderMaskingSide:
+    """megavid's step with ``model.decoder_mask_ratio`` (a different algorithm, not a
+    like-for-like peer of HF): the same trainer, model and optimizer as ``side``, whose
+    forward step is swapped for the one of the decoder-masking config while it steps."""
+
+    def __init__(self, side: MegavidSide, ratio: float):
+        import dataclasses
+
+        from megavid.training.step import make_forward_step
+
+        self.side, self.ratio, self.params = side, ratio, side.params
+        self.name = f"megavid-decoder-mask-{ratio:g}"
+        cfg = side.trainer.cfg
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                 decoder_mask_ratio=ratio))
+        self.forward_step = make_forward_step(cfg)
+
+    def step(self) -> None:
+        trainer = self.side.trainer
+        full, trainer.forward_step = trainer.forward_step, self.forward_step
+        try:
+            trainer.train_step()
+        finally:
+            trainer.forward_step = full
+
+    def close(self) -> None:
+        pass
+
+
 def hf_model(arch):
     """VideoMAEForPreTraining shaped like ``arch`` (no download: built from a config)."""
     from transformers import VideoMAEConfig, VideoMAEForPreTraining
@@ -129,11 +160,14 @@ def _timed(side) -> float:
 
 
 def compare(preset: str, batch: int, mask_ratio: float, steps: int, log_dir: str,
-            dtype: str = "fp32") -> dict:
-    """Alternate the two sides step by step; seconds per step of each."""
+            dtype: str = "fp32", decoder_mask_ratio: float = 0.0) -> dict:
+    """Alternate the sides step by step (megavid, HF, and megavid with decoder masking when
+    ``decoder_mask_ratio``); seconds per step of each."""
     arch = get_preset(preset)
     sides = [MegavidSide(preset, batch, mask_ratio, log_dir, dtype),
              HFSide(arch, batch, mask_ratio, dtype)]
+    if decoder_mask_ratio:
+        sides.append(DecoderMaskingSide(sides[0], decoder_mask_ratio))
     times = {side.name: [] for side in sides}
     for side in sides:  # warm-up to steady state: optimizer state, thread pools, and the
         for _ in range(3):  # malloc heap (megavid's CPU runs page-fault for the first ~3 steps)
@@ -142,14 +176,14 @@ def compare(preset: str, batch: int, mask_ratio: float, steps: int, log_dir: str
         for side in sides if i % 2 == 0 else sides[::-1]:
             times[side.name].append(_timed(side))
     params = {side.name: side.params for side in sides}
-    for side in sides:
+    for side in sides[::-1]:
         side.close()
     return {"times": times, "params": params}
 
 
-def pair_spread(times: dict) -> dict:
-    """HF / megavid per alternation pair (step i of each side): min, median, max."""
-    pairs = [hf / mv for hf, mv in zip(times["hf-videomae"], times["megavid"])]
+def pair_spread(times: dict, side: str = "megavid") -> dict:
+    """HF / ``side`` per alternation pair (step i of each side): min, median, max."""
+    pairs = [hf / mv for hf, mv in zip(times["hf-videomae"], times[side])]
     return {"min": round(min(pairs), 3), "median": round(statistics.median(pairs), 3),
             "max": round(max(pairs), 3), "pairs": [round(r, 3) for r in pairs]}
 
@@ -163,12 +197,16 @@ def ratio_key(preset: str, mask_ratio: float, dtype: str) -> str:
 def rows_for(preset: str, batch: int, mask_ratio: float, steps: int, result: dict,
              peak: float, dtype: str = "fp32") -> tuple[list[dict], float]:
     arch = get_preset(preset)
-    flops = batch * mae_train_flops_per_clip(arch, mask_ratio=mask_ratio)
-    settings = {"preset": preset, "batch": batch, "mask_ratio": mask_ratio, "dtype": dtype,
-                "visible": num_visible(arch.grid, mask_ratio, "random"), "steps": steps,
-                "model_flops_per_step": flops}
     rows, median = [], {}
     for side, times in result["times"].items():
+        decoder_ratio = float(side.rsplit("-", 1)[1]) if "decoder-mask" in side else 0.0
+        # the FLOPs this side's algorithm needs (decoder masking: its decoder on fewer tokens)
+        flops = batch * mae_train_flops_per_clip(arch, mask_ratio=mask_ratio,
+                                                 decoder_mask_ratio=decoder_ratio)
+        settings = {"preset": preset, "batch": batch, "mask_ratio": mask_ratio, "dtype": dtype,
+                    "visible": num_visible(arch.grid, mask_ratio, "random"),
+                    "decoder_mask_ratio": decoder_ratio, "steps": steps,
+                    "model_flops_per_step": flops}
         median[side] = statistics.median(times)
         tflops = flops / median[side] / 1e12
         rows.append({"name": f"train_step {side} {preset} mask={mask_ratio:g} {dtype}",
@@ -176,7 +214,7 @@ def rows_for(preset: str, batch: int, mask_ratio: float, steps: int, result: dic
                      "times_ms": [round(t * 1e3, 1) for t in times],
                      "tflops": round(tflops, 4), "frac_gemm_peak": round(tflops / peak, 3),
                      "model_params": result["params"][side], "params": settings})
-    return rows, median["hf-videomae"] / median["megavid"]
+    return rows, {side: median["hf-videomae"] / m for side, m in median.items()}
 
 
 def profile_side(side_name: str, preset: str, batch: int, mask_ratio: float,
@@ -206,6 +244,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
     parser.add_argument("--dtypes", default="fp32,bf16",
                         help="comma-separated, of fp32 and bf16 (profiles: the first)")
+    parser.add_argument("--decoder-mask-ratio", type=float, default=0.5,
+                        help="a third side in fp32: megavid with this decoder masking "
+                             "(a different algorithm; 0: leave it out)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, mask 0.9, 2 steps")
     parser.add_argument("--profile", metavar="PRESET", help="profile megavid's step and exit")
     parser.add_argument("--profile-hf", metavar="PRESET", help="profile HF's step and exit")
@@ -229,13 +270,19 @@ def main() -> None:
         for dtype in dtypes:
             for preset in presets:
                 for mask in masks:
-                    result = compare(preset, args.batch, mask, steps, log_dir, dtype)
-                    new_rows, speedup = rows_for(preset, args.batch, mask, steps, result, peak,
-                                                 dtype)
+                    dual = args.decoder_mask_ratio if dtype == "fp32" else 0.0
+                    result = compare(preset, args.batch, mask, steps, log_dir, dtype, dual)
+                    new_rows, speedups = rows_for(preset, args.batch, mask, steps, result, peak,
+                                                  dtype)
                     rows += new_rows
                     key = ratio_key(preset, mask, dtype)
-                    ratios[key] = round(speedup, 3)
+                    ratios[key] = round(speedups["megavid"], 3)
                     spread[key] = pair_spread(result["times"])
+                    if dual:  # labelled apart: not a like-for-like ratio
+                        side = f"megavid-decoder-mask-{dual:g}"
+                        dual_key = f"different_algorithm_decoder_mask_{dual:g}_{key}"
+                        ratios[dual_key] = round(speedups[side], 3)
+                        spread[dual_key] = pair_spread(result["times"], side)
                     for row in new_rows:
                         print(f"{row['name']:45s} {row['value']:9.1f} ms  {row['tflops']:.3f} "
                               f"TFLOP/s  {row['frac_gemm_peak']:.0%} of GEMM peak", flush=True)
@@ -254,6 +301,11 @@ def main() -> None:
         "HF fp32 weights, forward and loss under torch.autocast('cpu', torch.bfloat16); "
         "frac_gemm_peak is still against the fp32 GEMM peak",
         "spread: HF/megavid step-time ratio of each alternation pair, min/median/max",
+        "megavid-decoder-mask-R rows and different_algorithm_decoder_mask_R_* ratios: megavid "
+        "with model.decoder_mask_ratio R (VideoMAE V2's dual masking: the decoder on the visible "
+        "and a subset of the masked tubelets, the loss on that subset), a different algorithm "
+        "than HF's, not a like-for-like ratio; its TFLOP/s count its own (smaller) FLOPs; it "
+        "steps the same model and optimizer as the megavid side, alternated with both",
     ]
     obj = write_results(args.out, "benchmarks.train_step", rows, ratios, notes=notes,
                         extra={"settings": {"quick": args.quick, "gemm_peak_tflops": peak,
