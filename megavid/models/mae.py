@@ -282,7 +282,7 @@ class VideoMAEChunk(MegatronModule):
             if ids_decode is None:
                 slots, pos = ids_keep, self.decoder_pos_embed  # (N, Dd)
             else:  # where each visible token sits among the decoded ones
-                slots = torch.searchsorted(ids_decode, ids_keep)
+                slots = torch.searchsorted(ids_decode.contiguous(), ids_keep)
                 pos = self.decoder_pos_embed[ids_decode]  # (B, S, Dd)
             x = kernels.scatter_tokens(x, slots, self.mask_token, n,
                                        backend=self.kernel_backend)  # (B, S, Dd)

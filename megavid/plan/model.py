@@ -97,8 +97,9 @@ def _stack_fp8(c: Candidate | None, decoder: bool) -> bool:
 
 def stack_layers(arch: ModelArch, mask_ratio: float, masking: str,
                  c: Candidate | None = None, *, decoder_mask_ratio: float = 0.0) -> list[LayerShape]:
-    """The encoder (on K visible tubelets) then the decoder (on all N), in stack order,
-    each on the token count layout ``c`` pads it to."""
+    """The encoder (on K visible tubelets) then the decoder (on all N, or with decoder
+    masking on ``num_decoded``), in stack order, each on the token count layout ``c`` pads
+    it to."""
     shapes = []
     for decoder, width, ffn, heads, depth in (
             (False, arch.hidden_size, arch.ffn_hidden_size, arch.num_attention_heads,
@@ -179,7 +180,7 @@ def ends_activation_bytes(arch: ModelArch, c: Candidate, rank: int, *, mask_rati
 
     First rank: the visible tubelets' pixels (b K P) for the tubelet embedding's
     weight gradient. Last rank: decoder norm input and output (2 b N Dd), and the
-    loss's fp32 copy of the predictions (b N P).
+    loss's fp32 copy of the predictions (b N P); N: the decoder's tokens (``num_decoded``).
     """
     elem = 2.0 if c.bf16 else 4.0
     b, p = c.micro_batch_size, arch.patch_dim
