@@ -31,6 +31,7 @@ Needs ``pip install 'megavid[bench]'`` (transformers).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -43,6 +44,7 @@ from megavid.models.flops import mae_train_flops_per_clip
 from megavid.models.masking import make_masks
 from megavid.parallel.devices import measured_cpu_tflops
 from megavid.tools.bench_results import write_results
+from megavid.training.step import make_forward_step
 
 
 class MegavidSide:
@@ -81,10 +83,6 @@ class DecoderMaskingSide:
     forward step is swapped for the one of the decoder-masking config while it steps."""
 
     def __init__(self, side: MegavidSide, ratio: float):
-        import dataclasses
-
-        from megavid.training.step import make_forward_step
-
         self.side, self.ratio, self.params = side, ratio, side.params
         self.name = f"megavid-decoder-mask-{ratio:g}"
         cfg = side.trainer.cfg
@@ -176,9 +174,10 @@ def compare(preset: str, batch: int, mask_ratio: float, steps: int, log_dir: str
         for side in sides if i % 2 == 0 else sides[::-1]:
             times[side.name].append(_timed(side))
     params = {side.name: side.params for side in sides}
+    decoder_ratios = {side.name: getattr(side, "ratio", 0.0) for side in sides}
     for side in sides[::-1]:
         side.close()
-    return {"times": times, "params": params}
+    return {"times": times, "params": params, "decoder_ratios": decoder_ratios}
 
 
 def pair_spread(times: dict, side: str = "megavid") -> dict:
@@ -199,7 +198,7 @@ def rows_for(preset: str, batch: int, mask_ratio: float, steps: int, result: dic
     arch = get_preset(preset)
     rows, median = [], {}
     for side, times in result["times"].items():
-        decoder_ratio = float(side.rsplit("-", 1)[1]) if "decoder-mask" in side else 0.0
+        decoder_ratio = result["decoder_ratios"][side]
         # the FLOPs this side's algorithm needs (decoder masking: its decoder on fewer tokens)
         flops = batch * mae_train_flops_per_clip(arch, mask_ratio=mask_ratio,
                                                  decoder_mask_ratio=decoder_ratio)
