@@ -74,6 +74,9 @@ def set_config_nan_steps(steps) -> None:
 def hang_here(rank: int, step: int) -> None:
     """Never return if ``hang:<rank>:<step>`` is injected (a stuck rank, for the hang tests)."""
     if ("hang", rank, step) in active():
+        # stuck as in a C call, where megavid's preemption handler never runs: the launcher's
+        # SIGTERM ends it (not torchrun's SIGKILL after 30 s of grace)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         while True:
             time.sleep(3600)
 
