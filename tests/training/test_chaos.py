@@ -1,7 +1,8 @@
-"""The crash-loop benchmark, small: a run killed 7 times (>= 2 of each target: the whole
-job, one rank, the launcher alone; >= 2 in each moment: random, in synchronous and
-asynchronous saves; one before a commit), preempted by SIGTERM and SIGUSR1 and given a damaged newest
-checkpoint, ends bit-identical to one never killed, with no process left behind."""
+"""The crash-loop benchmark, small: a run killed 4 times (each target once: the whole job,
+one rank, the launcher alone; each moment once: random, in a synchronous and in an
+asynchronous save, before a commit), preempted by SIGTERM and SIGUSR1 and given a damaged
+newest checkpoint, ends bit-identical to one never killed, with no process left behind.
+(The benchmark's own runs make more kills: benchmarks/results/chaos_cpu.json.)"""
 
 from __future__ import annotations
 
@@ -14,16 +15,16 @@ from tests.conftest import REPO
 SCRIPT = REPO / "benchmarks" / "chaos.py"
 
 
-@pytest.mark.slow  # ~110 s on 2 cores: 11 launches of 2 ranks
+@pytest.mark.slow  # ~80 s on 2 cores: 8 launches of 2 ranks
 def test_crash_loop_ends_bit_identical_without_orphans(tmp_path, launch):
     out = tmp_path / "chaos.json"
-    proc = launch.run(str(SCRIPT), "--kills", "7", "--tp", "1", "--pp", "2", "--dp", "1",
+    proc = launch.run(str(SCRIPT), "--kills", "4", "--tp", "1", "--pp", "2", "--dp", "1",
                       "--steps", "16", "--work-dir", str(tmp_path / "work"), "--out", str(out),
                       timeout=900)
     assert out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["kills"] == 7 and min(report["kills_by_target"].values()) >= 2, report
-    assert report["kills_by_moment"] == {"random": 2, "sync_save": 2, "async_save": 2,
+    assert report["kills"] == 4 and min(report["kills_by_target"].values()) >= 1, report
+    assert report["kills_by_moment"] == {"random": 1, "sync_save": 1, "async_save": 1,
                                          "before_commit": 1}
     assert report["kills_that_missed_their_moment"] <= 1, report["attempts"]
     assert report["preemptions"] == 2 and report["preemptions_stopped_cleanly"]
