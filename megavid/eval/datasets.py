@@ -67,6 +67,9 @@ def load_dataset(spec: str, *, split: str = "test", num_frames: int | None = Non
         native = {"frames": num_frames, "size": size}
         settings = {**SYNTHETIC_DEFAULTS, **{k: v for k, v in native.items() if v},
                     **(synthetic or {})}
+        if not settings.get("labels", True):
+            raise ValueError("load_dataset('synthetic'): labels=False sets hold videos only, "
+                             "for pretraining; write them with make_synthetic(labels=False)")
         root = ensure_synthetic(cache_dir, **settings)
     else:
         root = Path(spec).expanduser()
@@ -81,8 +84,14 @@ def make_synthetic(out_dir: str | Path, *, num_scenes: int, frames: int = 16, si
     """Render ``num_scenes`` scenes into ``out_dir/{train,test}/`` (4D layout); return ``out_dir``.
 
     Scene ``i`` is a pure function of ``(seed, i)``; the last ``test_fraction`` of
-    the indices form the test split. ``render`` takes ``spp``, ``num_tracks`` and
-    ``workers`` (see ``megavid.eval.synthetic.write_synthetic``).
+    the indices form the test split. ``render`` takes ``spp``, ``num_tracks``,
+    ``workers`` and ``labels`` (see ``megavid.eval.synthetic.write_synthetic``).
+
+    ``labels=False`` writes only ``out_dir/train/videos/*.mp4`` of all the scenes, at a
+    fraction of the cost, for MAE pretraining on more scenes than the labelled readout
+    split (``python -m megavid.pretrain --data out_dir/train/videos``). Use another
+    ``seed`` than the readout benchmark's (``SYNTHETIC_DEFAULTS``: 0), e.g. 1: a seed's
+    scene ``i`` is the same video with or without labels, test scenes included.
     """
     return write_synthetic(Path(out_dir), num_scenes=num_scenes, frames=frames, size=size,
                            seed=seed, test_fraction=test_fraction, **render)
