@@ -49,7 +49,9 @@ LAYOUT_PARTS = ("scenes", "cameras", "tracks", "boxes")
 
 
 # Default synthetic benchmark: sized for the `tiny` preset (8 frames at 64x64) on a CPU.
-SYNTHETIC_DEFAULTS = dict(num_scenes=48, frames=8, size=64, seed=0, test_fraction=0.25)
+# 256 scenes (192 train / 64 test): 0.15 s a scene with 2 workers on 2 cores (up to 0.3 s on a
+# busy machine; `benchmarks/synthetic_prior.py`), so 40-80 s the first time, then cached.
+SYNTHETIC_DEFAULTS = dict(num_scenes=256, frames=8, size=64, seed=0, test_fraction=0.25)
 
 
 def load_dataset(spec: str, *, split: str = "test", num_frames: int | None = None,
@@ -67,6 +69,9 @@ def load_dataset(spec: str, *, split: str = "test", num_frames: int | None = Non
         native = {"frames": num_frames, "size": size}
         settings = {**SYNTHETIC_DEFAULTS, **{k: v for k, v in native.items() if v},
                     **(synthetic or {})}
+        if not settings.get("labels", True):
+            raise ValueError("load_dataset('synthetic'): labels=False sets hold videos only, "
+                             "for pretraining; write them with make_synthetic(labels=False)")
         root = ensure_synthetic(cache_dir, **settings)
     else:
         root = Path(spec).expanduser()
@@ -81,8 +86,14 @@ def make_synthetic(out_dir: str | Path, *, num_scenes: int, frames: int = 16, si
     """Render ``num_scenes`` scenes into ``out_dir/{train,test}/`` (4D layout); return ``out_dir``.
 
     Scene ``i`` is a pure function of ``(seed, i)``; the last ``test_fraction`` of
-    the indices form the test split. ``render`` takes ``spp``, ``num_tracks`` and
-    ``workers`` (see ``megavid.eval.synthetic.write_synthetic``).
+    the indices form the test split. ``render`` takes ``spp``, ``num_tracks``,
+    ``workers`` and ``labels`` (see ``megavid.eval.synthetic.write_synthetic``).
+
+    ``labels=False`` writes only ``out_dir/train/videos/*.mp4`` of all the scenes, at a
+    fraction of the cost, for MAE pretraining on more scenes than the labelled readout
+    split (``python -m megavid.pretrain --data out_dir/train/videos``). Use another
+    ``seed`` than the readout benchmark's (``SYNTHETIC_DEFAULTS``: 0), e.g. 1: a seed's
+    scene ``i`` is the same video with or without labels, test scenes included.
     """
     return write_synthetic(Path(out_dir), num_scenes=num_scenes, frames=frames, size=size,
                            seed=seed, test_fraction=test_fraction, **render)

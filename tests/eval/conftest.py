@@ -11,7 +11,10 @@ from megavid.eval.synthetic import generate_scene
 
 MITSUBA_REASON = "the synthetic 4D benchmark needs Mitsuba: pip install -e '.[eval]'"
 # 6 scenes (4 train, 2 test) of 8 frames at 64x64, the `tiny` preset's input: ~3 s on 2 cores.
-SMALL_SYNTHETIC = dict(num_scenes=6, frames=8, size=64, seed=0, test_fraction=0.34)
+# The camera looks at random points of the room, so about half the clips show no object; with
+# seed 22 scene 0 (``synthetic4d_scene``) and both test scenes show objects from frame 0, as
+# the label tests and the boxes readout need (checked in test_synthetic), and scene 2 none.
+SMALL_SYNTHETIC = dict(num_scenes=6, frames=8, size=64, seed=22, test_fraction=0.34)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The synthetic 4D benchmark: deterministic, and its labels agree with the rendered geometry."""
+"""The synthetic 4D benchmark: deterministic, its camera roams the room, its labels agree with
+the rendered geometry, and its unlabelled videos are the labelled set's."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from megavid.eval import load_dataset, make_synthetic
+from megavid.eval import datasets, load_dataset, make_synthetic
 
 from .conftest import MITSUBA_REASON, SMALL_SYNTHETIC
 
 pytest.importorskip("mitsuba", reason=MITSUBA_REASON)
 
-from megavid.eval.synthetic import render  # noqa: E402  (needs mitsuba)
+from megavid.eval import synthetic  # noqa: E402  (needs mitsuba)
+from megavid.eval.synthetic import render, write_mp4  # noqa: E402
+from megavid.eval.synthetic import scene as scene_module  # noqa: E402
 from megavid.eval.synthetic.labels import cast, pixel_ray, project, track_labels  # noqa: E402
 from megavid.eval.synthetic.scene import ROOM_HALF, ROOM_HEIGHT  # noqa: E402
 
@@ -51,6 +54,9 @@ def test_splits_shapes_and_index(synthetic4d_dir):
         assert clip.tracks.shape == (64, t, 2) and clip.visible.shape == (64, t)
         assert clip.visible.any(axis=1).all()  # every track is queryable
         assert clip.boxes.shape[1:] == (t, 4) and clip.box_visible.shape == clip.boxes.shape[:2]
+    # what the seed was chosen for (conftest): objects in view from frame 0 where tests need them
+    assert all(c.box_visible[:, 0].any() for c in [train[0], *test])
+    assert not train[2].box_visible.any()  # and a clip with none (the camera looks anywhere)
 
 
 def test_pretraining_videos_decode(synthetic4d_dir):
@@ -189,3 +195,110 @@ def test_load_dataset_synthetic_generates_once_into_the_cache(tmp_path):
     assert load_dataset("synthetic", split="train", **kwargs)[0].name == "scene_00000"
     assert (folder / "synthetic4d.json").stat().st_mtime_ns == stamp
     assert list(tmp_path.glob("synthetic4d-*")) == [folder]
+
+
+@pytest.fixture
+def untextured(monkeypatch):
+    """``sample_scene`` without its textures (most of its time): geometry only."""
+    monkeypatch.setattr(scene_module, "make_texture",
+                        lambda rng, res=128: np.zeros((2, 2, 3), np.float32))
+
+
+def test_camera_roams_the_room_clear_of_the_objects(untextured):
+    """Camera v2: anywhere in the room, never near an object, looking at the room."""
+    frames, seeds = 33, 300
+    origins, turns, moves = [], [], []
+    for i in range(seeds):
+        spec = scene_module.sample_scene(np.random.default_rng([11, i]), frames=frames, size=64)
+        c2w = spec.cam_to_world
+        o = c2w[:, :3, 3]  # (T, 3)
+        assert np.all(np.abs(o[:, [0, 2]]) <= ROOM_HALF - 0.5)
+        assert np.all((o[:, 1] >= 0.4) & (o[:, 1] <= ROOM_HEIGHT - 1.0))
+        for obj in spec.objects:  # x-z distance to the object at any time, any frame
+            radius = np.linalg.norm(obj.mesh.vertices[:, [0, 2]], axis=1).max()
+            gap = np.linalg.norm(o[:, None, [0, 2]] - obj.poses[None, :, [0, 2], 3], axis=-1)
+            assert gap.min() > radius + 0.5
+        forward = c2w[:, :3, 2]
+        np.testing.assert_allclose(np.linalg.norm(forward, axis=1), 1.0, atol=1e-9)
+        assert np.all(np.abs(forward[:, 1]) <= np.sin(np.radians(70.0)) + 1e-9)
+        # Smooth: small, even steps between frames.
+        steps = np.linalg.norm(np.diff(o, axis=0), axis=1)
+        np.testing.assert_allclose(steps, steps[0], rtol=1e-6)
+        origins.append(o[0])
+        moves.append(np.linalg.norm(o[-1] - o[0]))
+        turns.append(np.degrees(np.arccos(np.clip(forward[0] @ forward[-1], -1, 1))))
+    origins, moves = np.array(origins), np.array(moves)
+    assert 0.3 - 1e-9 <= moves.min() and moves.max() <= 1.5 + 1e-9
+    assert np.median(turns) > 8.0  # the view turns: points do not stay still in the image
+    # Anywhere: from near a wall to just outside the objects' reach, all around, all heights.
+    distance = np.linalg.norm(origins[:, [0, 2]], axis=1)
+    assert distance.min() < 4.0 and distance.max() > 9.5
+    assert np.histogram(np.arctan2(origins[:, 2], origins[:, 0]), 4)[0].min() > seeds / 8
+    assert origins[:, 1].min() < 1.0 and origins[:, 1].max() > 4.4
+
+
+def test_scene_is_a_pure_function_of_the_generator_whatever_the_frame_count(untextured):
+    for i in range(50):
+        a, b, c = (scene_module.sample_scene(np.random.default_rng([3, i]), frames=f, size=64)
+                   for f in (16, 16, 8))
+        np.testing.assert_array_equal(a.cam_to_world, b.cam_to_world)
+        # 8 and 16 frames cover one motion: the same ends, the same objects
+        np.testing.assert_allclose(a.cam_to_world[[0, -1]], c.cam_to_world[[0, -1]], atol=1e-12)
+        assert len(a.objects) == len(c.objects)
+        for x, y in zip(a.objects, c.objects):
+            np.testing.assert_allclose(x.poses[[0, -1]], y.poses[[0, -1]], atol=1e-12)
+
+
+def test_camera_falls_back_to_a_fixed_clear_path(untextured, monkeypatch):
+    monkeypatch.setattr(scene_module, "CAMERA_TRIES", 0)
+    spec = scene_module.sample_scene(np.random.default_rng(0), frames=4, size=64)
+    o = spec.cam_to_world[:, :3, 3]
+    assert np.linalg.norm(o[:, [0, 2]], axis=1).min() > 2.5 + 0.5  # beyond every object's reach
+    assert np.all(np.abs(o[:, [0, 2]]) <= ROOM_HALF - 0.5)
+
+
+def test_a_cache_of_another_generator_version_is_not_reused(tmp_path, monkeypatch):
+    settings = dict(num_scenes=2, frames=3, size=32, seed=0, workers=1)
+    with monkeypatch.context() as m:  # a cache left by generator version 1
+        m.setattr(datasets, "GENERATOR_VERSION", 1)
+        m.setattr(synthetic, "GENERATOR_VERSION", 1)
+        old = datasets.ensure_synthetic(tmp_path, **settings)
+    assert synthetic.GENERATOR_VERSION == 2
+    new = datasets.ensure_synthetic(tmp_path, **settings)
+    assert new != old and sorted(tmp_path.glob("synthetic4d-*")) == sorted([old, new])
+    versions = [json.loads((root / "synthetic4d.json").read_text())["settings"]["version"]
+                for root in (old, new)]
+    assert versions == [1, 2]
+    with pytest.raises(FileExistsError, match="other settings"):  # nor written over
+        make_synthetic(old, **settings)
+
+
+def test_unlabelled_set_holds_the_labelled_sets_videos(tmp_path, synthetic4d_dir):
+    import av
+    root = make_synthetic(tmp_path / "videos", labels=False, workers=1,
+                          **{**SMALL_SYNTHETIC, "num_scenes": 2})
+    names = ["scene_00000", "scene_00001"]
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "synthetic4d.json", *(f"train/videos/{n}.mp4" for n in names)]
+    index = json.loads((root / "synthetic4d.json").read_text())
+    assert index["settings"]["labels"] is False and index["splits"] == {"train": names,
+                                                                         "test": []}
+    for name in names:  # scenes 0 and 1 of the same seed, labelled: pixel for pixel
+        decoded = []
+        for folder in (root, synthetic4d_dir):
+            with av.open(str(folder / "train" / "videos" / f"{name}.mp4")) as container:
+                decoded.append(np.stack([f.to_ndarray(format="rgb24")
+                                         for f in container.decode(video=0)]))
+        assert decoded[0].shape == (SMALL_SYNTHETIC["frames"], 64, 64, 3)
+        np.testing.assert_array_equal(decoded[0], decoded[1])
+    with pytest.raises(ValueError, match="labels=False"):
+        load_dataset("synthetic", cache_dir=tmp_path, synthetic={"labels": False})
+
+
+def test_x264_streams_are_reproducible(tmp_path, synthetic4d_scene):
+    """The same frames encode to the same bytes (x264's macroblock tree, on, varies)."""
+    streams = set()
+    for k in range(12):
+        write_mp4(tmp_path / f"{k}.mp4", synthetic4d_scene["video"])
+        streams.add((tmp_path / f"{k}.mp4").read_bytes())
+    assert len(streams) == 1

@@ -15,7 +15,9 @@ antialiasing, and testing the renderer as well as the benchmark.
 Scene ``i`` is a pure function of ``(seed, i)``. A generated folder holds
 ``train/`` and ``test/`` (the last ``test_fraction`` of scene indices), each in
 the 4D layout of ``megavid.eval.datasets``, written with ``megavid.eval.readers``,
-and ``synthetic4d.json`` (settings and clip names), written last.
+and ``synthetic4d.json`` (settings and clip names), written last. With
+``labels=False`` it holds only ``train/videos/*.mp4`` of every scene, for MAE
+pretraining (no label pass, no track ray casts).
 """
 
 from __future__ import annotations
@@ -39,19 +41,28 @@ from megavid.eval.synthetic.labels import (
 from megavid.eval.synthetic.render import mitsuba, render_frames
 from megavid.eval.synthetic.scene import sample_scene
 
-GENERATOR_VERSION = 1
+# 2: the camera anywhere in the room looking at random points (1: an arc around the centre).
+GENERATOR_VERSION = 2
 # x264 is not deterministic on tiny frames: the same 3 frames of 32x32 encode to different
-# streams in different processes (2 outcomes in 6 runs; 48 and 64 px: always one), which would
-# make a set depend on how many workers rendered it. Smaller frames use FFmpeg's MPEG-4 part 2.
+# streams in different processes (2 outcomes in 6 runs), which would make a set depend on how
+# many workers rendered it. Smaller frames use FFmpeg's MPEG-4 part 2. At 48 and 64 px its
+# macroblock-tree rate control varies too, even within one process (1 encode in 10 or so of 8
+# frames differs, pixels included); with mbtree=0, 200 encodes per clip at 32-96 px gave one
+# stream each, so x264 runs without it.
 X264_MIN_SIDE = 48
 INDEX_FILE = "synthetic4d.json"
 
 
 def generate_scene(index: int, *, frames: int, size: int, seed: int, spp: int = 4,
-                   num_tracks: int = 64) -> dict:
-    """Scene ``index`` rendered: arrays of every label plus its ``spec`` (for tests)."""
+                   num_tracks: int = 64, labels: bool = True) -> dict:
+    """Scene ``index`` rendered: arrays of every label plus its ``spec`` (for tests).
+
+    ``labels=False``: only ``spec`` and ``video`` (the same frames, a fraction of the work).
+    """
     spec = sample_scene(np.random.default_rng([seed, index]), frames=frames, size=size)
-    rendered = render_frames(spec, spp=spp, seed=seed * 100_003 + index)
+    rendered = render_frames(spec, spp=spp, seed=seed * 100_003 + index, labels=labels)
+    if not labels:
+        return {"spec": spec, "video": rendered["video"]}
     local, owners = sample_queries(spec, rendered, np.random.default_rng([seed, index, 1]),
                                    num_tracks)
     world = world_tracks(spec, local, owners)
@@ -87,7 +98,8 @@ def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 24) -> None:
     or a frame side is under ``X264_MIN_SIDE``.
 
     A keyframe every 8 frames keeps seeks cheap for ``megavid.data``'s decoder;
-    single-threaded so parallel workers do not oversubscribe the cores.
+    single-threaded so parallel workers do not oversubscribe the cores; no macroblock tree
+    (``X264_MIN_SIDE``), so the same frames give the same stream.
     """
     import av
     small = min(frames.shape[1:3]) < X264_MIN_SIDE
@@ -98,7 +110,7 @@ def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 24) -> None:
         stream.codec_context.gop_size = 8
         stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"preset": "veryfast", "crf": "18"}
+            stream.options = {"preset": "veryfast", "crf": "18", "x264-params": "mbtree=0"}
         for image in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode(None))  # flush delayed frames
@@ -106,22 +118,33 @@ def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 24) -> None:
 
 def _write_job(job: tuple) -> None:
     split_dir, name, index, kwargs = job
-    write_scene(split_dir, name, generate_scene(index, **kwargs))
+    scene = generate_scene(index, **kwargs)
+    if kwargs["labels"]:
+        write_scene(split_dir, name, scene)
+    else:
+        (split_dir / "videos").mkdir(parents=True, exist_ok=True)
+        write_mp4(split_dir / "videos" / f"{name}.mp4", scene["video"])
 
 
 def write_synthetic(root: Path, *, num_scenes: int, frames: int, size: int, seed: int,
                     test_fraction: float = 0.25, spp: int = 4, num_tracks: int = 64,
-                    workers: int | None = None) -> Path:
+                    labels: bool = True, workers: int | None = None) -> Path:
     """Generate the benchmark into ``root`` (see the module docstring); return ``root``.
 
     Written into a temporary sibling and renamed, so an interrupted run leaves
     nothing that looks complete; a ``root`` already holding these settings is kept.
     ``workers`` processes render scenes in parallel (default: the CPU count, at
     most 8); the output does not depend on it.
+
+    ``labels=False`` writes only the videos, all scenes in ``train/videos/`` (for
+    ``python -m megavid.pretrain --data ROOT/train/videos``; ``test_fraction`` and
+    ``num_tracks`` are unused). Its scene ``i`` is scene ``i`` of the labelled set of
+    the same seed, pixel for pixel, so pretraining scenes must come from another seed
+    than the readout benchmark's, or the encoder will have seen the test scenes.
     """
     settings = dict(version=GENERATOR_VERSION, num_scenes=num_scenes, frames=frames,
                     size=size, seed=seed, test_fraction=test_fraction, spp=spp,
-                    num_tracks=num_tracks)
+                    num_tracks=num_tracks, labels=labels)
     if num_scenes < 2 or size % 2 or frames < 2:
         raise ValueError(f"synthetic 4D: need num_scenes >= 2, frames >= 2 and an even size "
                          f"(H.264), got {num_scenes}, {frames}, {size}")
@@ -133,14 +156,14 @@ def write_synthetic(root: Path, *, num_scenes: int, frames: int, size: int, seed
         raise FileExistsError(f"{root} exists and is not empty; pick a new folder")
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    num_test = min(max(1, round(num_scenes * test_fraction)), num_scenes - 1)
+    num_test = min(max(1, round(num_scenes * test_fraction)), num_scenes - 1) if labels else 0
     splits: dict[str, list[str]] = {"train": [], "test": []}
     jobs = []
     for i in range(num_scenes):
         name, split = f"scene_{i:05d}", "train" if i < num_scenes - num_test else "test"
         splits[split].append(name)
         jobs.append((tmp / split, name, i, dict(frames=frames, size=size, seed=seed, spp=spp,
-                                                num_tracks=num_tracks)))
+                                                num_tracks=num_tracks, labels=labels)))
     workers = min(workers or os.cpu_count() or 1, 8, num_scenes)
     if workers > 1:  # scenes are independent: one process each (spawn: Mitsuba is threaded)
         context = multiprocessing.get_context("spawn")
@@ -150,7 +173,8 @@ def write_synthetic(root: Path, *, num_scenes: int, frames: int, size: int, seed
         for job in jobs:
             _write_job(job)
     index = {"settings": settings, "splits": splits, "mitsuba": mitsuba().__version__,
-             "layout": "megavid.eval.datasets (4D layout per split folder)"}
+             "layout": "megavid.eval.datasets (4D layout per split folder)" if labels else
+             "train/videos/*.mp4 only (labels=False)"}
     (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1))
     if root.exists():
         root.rmdir()  # empty, checked above

@@ -150,32 +150,37 @@ def to_srgb8(linear: np.ndarray) -> np.ndarray:
     return np.round(srgb * 255.0).astype(np.uint8)
 
 
-def render_frames(spec: SceneSpec, *, spp: int, seed: int) -> dict:
+def render_frames(spec: SceneSpec, *, spp: int, seed: int, labels: bool = True) -> dict:
     """Frames and per-pixel labels of every frame, plus the per-frame Mitsuba scenes.
 
     Returns ``video`` (T, H, W, 3) uint8, ``depth`` (T, H, W) float32 z-depth,
     ``ids`` (T, H, W) int16 (object index, -1 for the room), ``scenes`` (for ray casts).
+    ``labels=False`` skips the label pass and returns ``video`` only (the same frames).
     """
     mi = mitsuba()
     textures = {**spec.room_textures, **{obj.name: obj.texture for obj in spec.objects}}
     bitmaps = {name: mi.Bitmap(tex) for name, tex in textures.items()}
     bitmaps.update({f"ambient_{name}": mi.Bitmap(tex * AMBIENT) for name, tex in
                     textures.items()})
-    labels = mi.load_dict({"type": "aov", "aovs": "pp:position,si:shape_index"})
+    label_pass = mi.load_dict({"type": "aov", "aovs": "pp:position,si:shape_index"})
     frames, depths, ids, scenes = [], [], [], []
     for t in range(len(spec.cam_to_world)):
         scene = build_frame(mi, spec, t, bitmaps, spp=spp)
         image = np.array(mi.render(scene, seed=(seed * 1000 + t) % 2**32))
+        frames.append(to_srgb8(image))
+        if not labels:
+            continue
         sensor = mi.load_dict(_sensor(mi, spec, t, spp=1, exact=True))
-        aov = np.array(mi.render(scene, sensor=sensor, integrator=labels, seed=0))
+        aov = np.array(mi.render(scene, sensor=sensor, integrator=label_pass, seed=0))
         owner = np.array([_owner(s.id()) for s in scene.shapes()], np.int16)
         index = np.round(aov[..., 3]).astype(int)  # shape index + 1; 0 = no hit
         c2w = spec.cam_to_world[t]
         z = (aov[..., :3] - c2w[:3, 3]) @ c2w[:3, 2]  # (H, W) along the optical axis
-        frames.append(to_srgb8(image))
         depths.append(np.where(index > 0, z, 0.0).astype(np.float32))
         ids.append(np.where(index > 0, owner[np.maximum(index - 1, 0)], -1).astype(np.int16))
         scenes.append(scene)
+    if not labels:
+        return {"video": np.stack(frames)}
     return {"video": np.stack(frames), "depth": np.stack(depths), "ids": np.stack(ids),
             "scenes": scenes}
 
