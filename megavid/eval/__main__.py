@@ -1,8 +1,9 @@
 """``python -m megavid.eval --task TASK --ckpt PATH|--preset NAME --data synthetic|PATH``.
 
-Trains a readout on frozen features of the encoder, evaluates it on the test
-split and writes ``metrics.json``, ``train_log.jsonl`` and a picture into the
-run directory. Runs data parallel under torchrun (``--tp/--pp`` split an encoder
+Trains a readout on frozen features of the encoder (4DS's attention readout, or
+with ``--readout linear`` a ridge probe beside raw-pixel and oracle references),
+evaluates it on the test split and writes ``metrics.json``, ``train_log.jsonl`` and
+a picture into the run directory. Runs data parallel under torchrun (``--tp/--pp`` split an encoder
 too large for one device). Thin on purpose: parse,
 validate, ``megavid.eval.run.run_eval``.
 """
@@ -20,6 +21,14 @@ from megavid.eval.train import ReadoutConfig
 from megavid.parallel import runtime
 
 
+def _depth_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated depths, e.g. "
+                                         "0.5,0.95") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ReadoutConfig()
     p = argparse.ArgumentParser(prog="python -m megavid.eval", description=(
@@ -35,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", help="readout training data (default: --data's train split)")
     p.add_argument("--depth", type=float, default=0.95,
                    help="relative encoder depth of the features, in (0, 1] (4DS: 0.95)")
+    p.add_argument("--readout", choices=("attention", "linear"), default="attention",
+                   help="attention: a trained cross-attention readout (4DS's); linear: a ridge "
+                   "probe in closed form, beside raw-pixel and oracle references "
+                   "(megavid/eval/probe.py)")
+    p.add_argument("--probe-depths", type=_depth_list, default=(),
+                   help="--readout linear: concatenate the features of these relative depths, "
+                   "e.g. 0.5,0.75,0.95 (default: --depth)")
     p.add_argument("--num-frames", type=int,
                    help="clip length to run the encoder at (default: its own)")
     p.add_argument("--image-size", type=int,
@@ -69,6 +85,11 @@ def validate(args) -> str | None:
     """One line naming the flag and the fix, or None."""
     if not 0 < args.depth <= 1:
         return f"--depth {args.depth}: must be in (0, 1] (a fraction of the encoder's layers)"
+    if args.probe_depths and args.readout != "linear":
+        return "--probe-depths applies only with --readout linear"
+    for depth in args.probe_depths:
+        if not 0 < depth <= 1:
+            return f"--probe-depths {depth}: each must be in (0, 1]"
     for flag in ("steps", "batch_size", "readout_width", "readout_heads", "log_interval", "tp",
                  "pp"):
         if getattr(args, flag) < 1:
@@ -104,7 +125,8 @@ def config_from_args(args):
     cache = None if args.no_feature_cache else (args.feature_cache or DEFAULT_FEATURE_CACHE)
     return EvalConfig(
         task=args.task, source=args.ckpt or args.preset, data=args.data,
-        train_data=args.train_data, depth=args.depth, out=args.out, feature_cache=cache,
+        train_data=args.train_data, depth=args.depth, readout_kind=args.readout,
+        probe_depths=args.probe_depths, out=args.out, feature_cache=cache,
         max_clips=args.max_clips, num_queries=args.num_queries, num_frames=args.num_frames,
         image_size=args.image_size, tp=args.tp, pp=args.pp, readout=readout,
         synthetic={"num_scenes": args.synthetic_scenes} if args.synthetic_scenes else {},

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megavid.config.preflight import LayoutError, check_model_split, check_world_split
-from megavid.eval import plots
+from megavid.eval import plots, probe
 from megavid.eval.datasets import load_dataset
 from megavid.eval.feature_cache import cached_features
 from megavid.eval.tasks import get_task
@@ -29,7 +29,10 @@ from megavid.inference import load_encoder, source_arch
 from megavid.parallel import cpu_compat, runtime
 from megavid.tables import Column, print_table
 
-METRIC_COLUMNS = [Column("metric", "metric", justify="left"), Column("value", "value", "{:.4g}".format)]
+METRIC_COLUMNS = [Column("metric", "metric", justify="left"),
+                  Column("value", "value", "{:.4g}".format)]
+# what each result is read against (megavid.eval.probe): columns of the metrics table
+REFERENCE_TITLES = {"pixels": "raw pixels", "oracle": "oracle", "prior": "prior"}
 
 DEFAULT_FEATURE_CACHE = "~/.cache/megavid/eval-features"
 
@@ -52,6 +55,8 @@ class EvalConfig:
     encode_batch: int = 8  # clips per encoder forward
     tp: int = 1  # tensor-parallel size of the encoder (feature extraction only)
     pp: int = 1  # pipeline-parallel size of the encoder (feature extraction only)
+    readout_kind: str = "attention"  # attention (4DS's readouts) | linear (megavid.eval.probe)
+    probe_depths: tuple[float, ...] = ()  # linear: concatenate features of these depths
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     pictures: bool = True
     json: bool = False  # print metrics.json's content instead of the metrics table
@@ -135,6 +140,10 @@ class LazyEncoder:
 def run_eval(cfg: EvalConfig) -> dict:
     """Train and evaluate one readout; returns what ``metrics.json`` holds (on rank 0)."""
     task = get_task(cfg.task, num_queries=cfg.num_queries)
+    if cfg.readout_kind not in ("attention", "linear"):
+        raise ValueError(f"--readout {cfg.readout_kind}: choose attention or linear")
+    if cfg.readout_kind == "linear":
+        probe.check_task(cfg.task)
     device = cpu_compat.local_device()
     started = time.perf_counter()
     arch = source_arch(cfg.source, num_frames=cfg.num_frames, image_size=cfg.image_size)
@@ -143,39 +152,64 @@ def run_eval(cfg: EvalConfig) -> dict:
     task.check(train_clips, "--train-data" if cfg.train_data else "--data")
     task.check(test_clips, "--data")
     encoder = LazyEncoder(cfg, arch, device)  # a run whose features are cached never loads it
+    depths = (cfg.probe_depths or (cfg.depth,)) if cfg.readout_kind == "linear" else (cfg.depth,)
     feats, records = {}, {}
     for split, clips in (("train", train_clips), ("test", test_clips)):
-        feats[split], records[split] = cached_features(
-            encoder, cfg.source, clips, depth=cfg.depth, cache_dir=cfg.feature_cache,
-            batch_size=cfg.encode_batch, device=device, log=_log, replicas=encoder_replicas())
+        parts = [cached_features(encoder, cfg.source, clips, depth=d, cache_dir=cfg.feature_cache,
+                                 batch_size=cfg.encode_batch, device=device, log=_log,
+                                 replicas=encoder_replicas()) for d in depths]
+        feats[split] = torch.cat([f for f, _ in parts], -1)
+        records[split] = parts[0][1] if len(parts) == 1 else {
+            "cache": "hit" if all(r["cache"] == "hit" for _, r in parts) else "miss",
+            "paths": [r["path"] for _, r in parts]}
     del encoder
     seed = cfg.readout.seed
     targets = {"train": task.targets(train_clips, train=True, seed=seed),
                "test": task.targets(test_clips, train=False, seed=seed)}
-    torch.manual_seed(seed)  # the same head on every rank (DDP also broadcasts rank 0's)
-    head = task.build_head(feature_dim=feats["train"].shape[-1], num_frames=arch.num_frames,
-                           image_size=arch.image_size, width=cfg.readout.width,
-                           heads=cfg.readout.heads, train_targets=targets["train"])
-    _log(f"readout: {cfg.task} on {len(train_clips)} train / {len(test_clips)} test clips, "
-         f"features {tuple(feats['train'].shape[1:])} at depth {cfg.depth}, "
-         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, "
-         f"{dp_info()[1]} data-parallel rank(s)")
-    history = train_readout(task, head, feats["train"], targets["train"], cfg.readout,
-                            device=device, log=_log)
-    if dp_info()[0] != 0:
-        return {}
-    pred = predict(task, head, feats["test"], targets["test"], device=device)
     result = {
-        "task": cfg.task, "encoder": cfg.source, "depth": cfg.depth, "data": cfg.data,
-        "train_data": cfg.train_data or cfg.data,
+        "task": cfg.task, "encoder": cfg.source, "readout_kind": cfg.readout_kind,
+        "depth": cfg.depth, "data": cfg.data, "train_data": cfg.train_data or cfg.data,
         "clips": {"train": len(train_clips), "test": len(test_clips)},
         "arch": {k: getattr(arch, k) for k in ("num_frames", "image_size", "tubelet",
                                                "hidden_size", "num_layers")},
-        "readout": dataclasses.asdict(cfg.readout), "world_size": dp_info()[1],
-        "metrics": _plain(task.metrics(pred, targets["test"])),
-        "final_train_loss": float(np.mean([h["loss"] for h in history[-10:]])),
-        "features": records, "seconds": round(time.perf_counter() - started, 1),
-    }
+        "world_size": dp_info()[1], "features": records,
+        "feature_shape": list(feats["train"].shape[1:])}
+    grid = tuple(feats["train"].shape[1:4])
+    if cfg.readout_kind == "linear":
+        if dp_info()[0] != 0:  # a closed-form fit: rank 0 alone
+            return {}
+        fitted = probe.get_probe(task, targets["train"], grid)
+        _log(f"linear probe: {cfg.task} on {len(train_clips)} train / {len(test_clips)} test "
+             f"clips, features {tuple(feats['train'].shape[1:])} at depth(s) {list(depths)}")
+        result["probe_depths"] = list(depths)
+        metrics, residual = probe.probe_features(fitted, feats["train"], feats["test"], targets)
+        result["metrics"] = _plain(metrics)
+        result["references"] = {name: _plain(m) for name, m in probe.references(
+            fitted, {"train": train_clips, "test": test_clips}, targets, seed=seed).items()}
+        pred, history = fitted.predictions(residual, targets["test"]), []
+    else:
+        torch.manual_seed(seed)  # the same head on every rank (DDP also broadcasts rank 0's)
+        head = task.build_head(feature_dim=feats["train"].shape[-1],
+                               num_frames=arch.num_frames, image_size=arch.image_size,
+                               width=cfg.readout.width, heads=cfg.readout.heads,
+                               train_targets=targets["train"])
+        _log(f"readout: {cfg.task} on {len(train_clips)} train / {len(test_clips)} test clips, "
+             f"features {tuple(feats['train'].shape[1:])} at depth {cfg.depth}, "
+             f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, "
+             f"{dp_info()[1]} data-parallel rank(s)")
+        history = train_readout(task, head, feats["train"], targets["train"], cfg.readout,
+                                device=device, log=_log)
+        if dp_info()[0] != 0:
+            return {}
+        pred = predict(task, head, feats["test"], targets["test"], device=device)
+        result["readout"] = dataclasses.asdict(cfg.readout)
+        result["metrics"] = _plain(task.metrics(pred, targets["test"]))
+        result["final_train_loss"] = float(np.mean([h["loss"] for h in history[-10:]]))
+        if task.name in probe.PROBES:  # the number every result is read against
+            prior = probe.get_probe(task, targets["train"], grid)
+            result["references"] = {"prior": _plain(probe.prior_metrics(prior,
+                                                                        targets["test"]))}
+    result["seconds"] = round(time.perf_counter() - started, 1)
     return write_run(cfg, result, history, test_clips, pred, targets["test"])
 
 
@@ -194,11 +228,16 @@ def write_run(cfg: EvalConfig, result: dict, history: list[dict], clips, pred: d
         if cfg.pictures else []
     result["run_dir"] = str(out)
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_jsonable))
-    headline = {k: v for k, v in result["metrics"].items()  # per-threshold ones: the JSON
-                if isinstance(v, float) and not re.fullmatch(r"(pts_within|jaccard)_\d+", k)}
+    headline = [k for k, v in result["metrics"].items()  # per-threshold ones: the JSON
+                if isinstance(v, float) and not re.fullmatch(r"(pts_within|jaccard)_\d+", k)]
+    refs = result.get("references", {})
+    columns = METRIC_COLUMNS + [Column(name, REFERENCE_TITLES[name], "{:.4g}".format)
+                                for name in refs]
+    rows = [{"metric": k, "value": result["metrics"][k],
+             **{name: ref.get(k, float("nan")) for name, ref in refs.items()}} for k in headline]
     if dp_info()[0] == 0:
-        print_table([{"metric": k, "value": v} for k, v in headline.items()], METRIC_COLUMNS,
-                    title=f"{cfg.task} on {len(clips)} test clips", as_json=cfg.json,
+        print_table(rows, columns, title=f"{cfg.task} ({cfg.readout_kind} readout) on "
+                    f"{len(clips)} test clips", as_json=cfg.json,
                     extra={"result": json.loads(json.dumps(result, default=_jsonable))})
     if not cfg.json:
         _log(f"wrote {out / 'metrics.json'}" + "".join(f", {p}" for p in result["pictures"]))

@@ -120,11 +120,19 @@ def test_converted_4ds_checkpoint_runs_through_eval(synthetic4d_dir, tmp_path, l
     (["--tp", "0"], "--tp"),
     (["--tp", "3"], "--tp 3 x --pp 1 does not divide the 1 processes"),
     (["--pp", "4"], "--tp 1 x --pp 4 does not divide the 1 processes"),
+    (["--probe-depths", "0.5,0.95"], "--probe-depths applies only with --readout linear"),
+    (["--readout", "linear", "--probe-depths", "0.5,0"], "--probe-depths 0.0"),
 ])
 def test_bad_flags_stop_with_the_flag_and_the_fix(args, flag, capsys):
     assert main(["--task", "depth", "--preset", "tiny", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("megavid.eval: error: ") and flag in err
+
+
+def test_linear_readout_names_the_tasks_it_has_before_any_work(capsys):
+    assert main(["--task", "boxes", "--preset", "tiny", "--readout", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert "--readout linear: no linear probe for --task boxes" in err and "encoder" not in err
 
 
 def test_unknown_preset_and_missing_checkpoint_are_named(capsys, tmp_path):

@@ -1,0 +1,137 @@
+"""The linear probe (``megavid.eval.probe``): ridge in closed form, and the instrument test.
+
+The instrument must be shown to work before a null result means anything: the oracle
+reference (features = the probe's targets plus noise) scores near the top on every task,
+the prior scores what it explains, and raw pixels are reported beside the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from megavid.eval import probe
+from megavid.eval.run import EvalConfig, run_eval
+from megavid.eval.tasks import mean_log_depth
+from megavid.parallel import runtime
+
+
+def _reference_ridge(x, y, alpha):
+    """The textbook normal equations on standardised features (penalty relative to the
+    mean eigenvalue of X^T X, as RIDGE_ALPHAS are)."""
+    x, y = x.double(), y.double()
+    xs = (x - x.mean(0)) / x.std(0, unbiased=False)
+    gram = xs.T @ xs
+    lam = alpha * torch.trace(gram) / x.shape[1]
+    w = torch.linalg.solve(gram + lam * torch.eye(x.shape[1], dtype=x.dtype),
+                           xs.T @ (y - y.mean(0)))
+    return lambda z: ((z.double() - x.mean(0)) / x.std(0, unbiased=False)) @ w + y.mean(0)
+
+
+@pytest.mark.parametrize("rows, dims", [(300, 20), (40, 120)])  # primal and kernel forms
+def test_ridge_matches_the_normal_equations(rows, dims):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, dims, generator=gen) * torch.linspace(0.5, 3, dims)
+    y = x @ torch.randn(dims, 3, generator=gen) + 0.3 * torch.randn(rows, 3, generator=gen)
+    val = torch.arange(rows) >= rows - rows // 5
+    fit = probe.fit_ridge(x, y, val, alphas=(0.3,))
+    new = torch.randn(50, dims, generator=gen)
+    torch.testing.assert_close(fit.predict(new).double(), _reference_ridge(x, y, 0.3)(new),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_the_penalty_is_chosen_on_held_out_rows():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 30, generator=gen)
+    signal = x[:, :3].sum(1, keepdim=True)
+    val, test = torch.arange(400) >= 320, torch.randn(400, 30, generator=gen)
+    informative = probe.fit_ridge(x, signal + 0.1 * torch.randn(400, 1, generator=gen), val)
+    assert informative.alpha <= 0.1
+    assert probe.r2(test[:, :3].sum(1, keepdim=True), informative.predict(test)) > 0.99
+    noise = probe.fit_ridge(x, torch.randn(400, 1, generator=gen), val)  # nothing to find
+    assert noise.alpha >= 10
+    assert probe.r2(torch.randn(400, 1, generator=gen), noise.predict(test)) > -0.05
+
+
+def test_patchify_cuts_the_token_grid_and_unpatchify_inverts_it():
+    x = torch.arange(2 * 4 * 6 * 8, dtype=torch.float32).reshape(2, 4, 6, 8)
+    tokens = probe.patchify(x, (2, 3, 4))  # tubelets of 2 x 2 x 2
+    assert tokens.shape == (2, 24, 8)
+    # token (t'=1, h'=2, w'=3) of clip 1 holds frames 2-3, rows 4-5, columns 6-7
+    np.testing.assert_array_equal(tokens[1, 1 * 12 + 2 * 4 + 3].reshape(2, 2, 2),
+                                  x[1, 2:4, 4:6, 6:8])
+    torch.testing.assert_close(probe.unpatchify(tokens, (2, 3, 4), (4, 6, 8)), x)
+    with pytest.raises(ValueError, match="does not tile"):
+        probe.patchify(x, (3, 3, 4))
+
+
+# what the oracle reaches on the small synthetic set (4 training clips), with room for the
+# noise of 2 test clips; pose fits one row per clip, so 3 rows span little of the motion
+_ORACLE_FLOOR = {"depth": 0.9, "tracking": 0.9, "pose": 0.5}
+
+
+@pytest.fixture(scope="module")
+def probe_runs(synthetic4d_dir, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("probe")
+    try:
+        return {task: run_eval(EvalConfig(
+            task=task, source="tiny", data=str(synthetic4d_dir), out=str(tmp / task),
+            readout_kind="linear", feature_cache=str(tmp / "features"), num_queries=16,
+            pictures=task == "depth")) for task in _ORACLE_FLOOR}
+    finally:
+        runtime.shutdown()
+
+
+@pytest.mark.parametrize("task", list(_ORACLE_FLOOR))
+def test_the_oracle_scores_near_the_top_and_pixels_are_reported(probe_runs, task):
+    result = probe_runs[task]
+    refs = result["references"]
+    assert set(refs) == {"pixels", "oracle", "prior"}
+    assert refs["oracle"]["residual_r2"] > _ORACLE_FLOOR[task], refs["oracle"]
+    assert refs["oracle"]["noise"] == probe.ORACLE_NOISE
+    for name in ("pixels", "prior"):  # reported, and nowhere near the oracle at this scale
+        assert refs[name]["residual_r2"] < refs["oracle"]["residual_r2"] - 0.3, refs[name]
+    assert refs["prior"]["residual_r2"] == 0  # the prior adds nothing to itself
+    assert all(np.isfinite(v) for v in result["metrics"].values()), result["metrics"]
+    on_disk = json.loads((__import__("pathlib").Path(result["run_dir"]) / "metrics.json")
+                         .read_text())
+    assert on_disk["references"]["oracle"]["residual_r2"] == refs["oracle"]["residual_r2"]
+
+
+def test_the_oracle_reads_out_in_the_tasks_own_metrics(probe_runs):
+    depth = probe_runs["depth"]["references"]
+    assert depth["oracle"]["abs_rel"] < 0.3 * depth["prior"]["abs_rel"]
+    tracking = probe_runs["tracking"]["references"]
+    assert tracking["oracle"]["average_jaccard"] > 0.6 > 2 * tracking["prior"][
+        "average_jaccard"]
+    pose = probe_runs["pose"]["references"]
+    assert pose["oracle"]["rotation_error_deg"] < 0.6 * pose["prior"]["rotation_error_deg"]
+    assert pose["oracle"]["epe"] < 0.3 * pose["prior"]["epe"]
+
+
+def test_the_depth_prior_explains_what_its_map_explains(probe_runs, synthetic4d_dir):
+    """The prior's r2 is the share of test log-depth variance the training set's mean
+    log-depth map explains, computed here from the clips directly."""
+    from megavid.eval.datasets import load_dataset
+    train = np.stack([c.depth for c in load_dataset(str(synthetic4d_dir), split="train")])
+    test = np.stack([c.depth for c in load_dataset(str(synthetic4d_dir), split="test")])
+    prior = mean_log_depth(torch.from_numpy(train)).numpy()
+    logd = np.log(test)
+    share = 1 - ((logd - prior) ** 2).sum() / ((logd - logd.mean()) ** 2).sum()
+    assert probe_runs["depth"]["references"]["prior"]["r2"] == pytest.approx(share, abs=1e-6)
+
+
+def test_probe_depths_concatenate_features(synthetic4d_dir, tmp_path):
+    try:
+        result = run_eval(EvalConfig(
+            task="depth", source="tiny", data=str(synthetic4d_dir), out=str(tmp_path),
+            readout_kind="linear", probe_depths=(0.5, 1.0), feature_cache=None,
+            pictures=False))
+    finally:
+        runtime.shutdown()
+    assert result["probe_depths"] == [0.5, 1.0]
+    assert result["feature_shape"][-1] == 2 * 64  # two depths of the tiny preset's width
+    assert np.isfinite(result["metrics"]["residual_r2"])
