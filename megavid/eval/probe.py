@@ -15,8 +15,9 @@ The probes, per task (rows are what one linear map sees; ``K`` outputs per row):
 - tracking: one row per query, the encoder's features bilinearly sampled at the query
   point in its frame's token slice, mapped to the point's displacement at every frame
   (``2T``) and its visibility (``T``, visible where the prediction is over 0.5);
-- pose: one row per clip, the features pooled over space per time token and
-  concatenated, mapped to each frame's rotation minus the identity and translation.
+- pose: one row per time token, its features pooled over space beside the first
+  token's, mapped to its frames' rotations (minus the identity) and translations
+  relative to frame 0.
 
 Two reference encoders go through the same probe (``references``): the clip's raw
 tubelet pixels as features, and an oracle whose features are the probe's own targets
@@ -237,12 +238,14 @@ class TrackingProbe(Probe):
 
 
 class PoseProbe(Probe):
-    """One row per clip: features pooled over space, concatenated over time tokens; ``r2``
-    pools the rotation entries and the translations (in the data's units)."""
+    """One row per time token: its features pooled over space, beside the first token's,
+    mapped to the poses of its frames relative to frame 0; ``r2`` pools the rotation entries
+    and the translations (in the data's units)."""
 
     def rows(self, features, targets):
-        n = features.shape[0]
-        return features.mean((2, 3)).reshape(n, 1, -1), torch.ones(n, 1, dtype=torch.bool)
+        pooled = features.mean((2, 3))  # (N, T', D)
+        rows = torch.cat([pooled, pooled[:, :1].expand_as(pooled)], -1)
+        return rows, torch.ones(rows.shape[:2], dtype=torch.bool)
 
     def _flat(self, pose):
         n, t = pose.shape[:2]
@@ -250,13 +253,14 @@ class PoseProbe(Probe):
 
     def residual(self, targets):
         pose = targets["pose"]
-        n, t = pose.shape[:2]
+        n = len(pose)
         res = self._flat(pose) - self._flat(torch.eye(4).expand_as(pose))  # the prior: static
-        return res.reshape(n, 1, 12 * t), torch.ones(n, 1, 12 * t, dtype=torch.bool)
+        return res.reshape(n, self.grid[0], -1), torch.ones(n, self.grid[0], res[0].numel()
+                                                            // self.grid[0], dtype=torch.bool)
 
     def total(self, targets):
         pose = targets["pose"]
-        return self._flat(pose).reshape(len(pose), 1, -1)
+        return self._flat(pose).reshape(len(pose), self.grid[0], -1)
 
     def predictions(self, residual, targets):
         n, t = targets["pose"].shape[:2]

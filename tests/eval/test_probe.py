@@ -8,15 +8,18 @@ the prior scores what it explains, and raw pixels are reported beside the encode
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from megavid.eval import probe
+from megavid.eval import make_synthetic, probe
+from megavid.eval.datasets import load_dataset
 from megavid.eval.run import EvalConfig, run_eval
 from megavid.eval.tasks import mean_log_depth
 from megavid.parallel import runtime
+from tests.eval.conftest import MITSUBA_REASON
 
 
 def _reference_ridge(x, y, alpha):
@@ -68,17 +71,25 @@ def test_patchify_cuts_the_token_grid_and_unpatchify_inverts_it():
         probe.patchify(x, (3, 3, 4))
 
 
-# what the oracle reaches on the small synthetic set (4 training clips), with room for the
-# noise of 2 test clips; pose fits one row per clip, so 3 rows span little of the motion
-_ORACLE_FLOOR = {"depth": 0.9, "tracking": 0.9, "pose": 0.5}
+# what the oracle reaches on 18 training clips, with room for the noise of 6 test clips
+_ORACLE_FLOOR = {"depth": 0.9, "tracking": 0.9, "pose": 0.8}
 
 
 @pytest.fixture(scope="module")
-def probe_runs(synthetic4d_dir, tmp_path_factory) -> dict:
+def probe_data(tmp_path_factory) -> Path:
+    """24 scenes (18 train / 6 test): the pose probe has a row per time token of a clip, and
+    the oracle needs a few dozen of them to fit its map (~6 s to render)."""
+    pytest.importorskip("mitsuba", reason=MITSUBA_REASON)
+    return make_synthetic(tmp_path_factory.mktemp("probe-data") / "data", num_scenes=24,
+                          frames=8, size=64, seed=5, spp=2, workers=2)
+
+
+@pytest.fixture(scope="module")
+def probe_runs(probe_data, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("probe")
     try:
         return {task: run_eval(EvalConfig(
-            task=task, source="tiny", data=str(synthetic4d_dir), out=str(tmp / task),
+            task=task, source="tiny", data=str(probe_data), out=str(tmp / task),
             readout_kind="linear", feature_cache=str(tmp / "features"), num_queries=16,
             pictures=task == "depth")) for task in _ORACLE_FLOOR}
     finally:
@@ -96,8 +107,7 @@ def test_the_oracle_scores_near_the_top_and_pixels_are_reported(probe_runs, task
         assert refs[name]["residual_r2"] < refs["oracle"]["residual_r2"] - 0.3, refs[name]
     assert refs["prior"]["residual_r2"] == 0  # the prior adds nothing to itself
     assert all(np.isfinite(v) for v in result["metrics"].values()), result["metrics"]
-    on_disk = json.loads((__import__("pathlib").Path(result["run_dir"]) / "metrics.json")
-                         .read_text())
+    on_disk = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
     assert on_disk["references"]["oracle"]["residual_r2"] == refs["oracle"]["residual_r2"]
 
 
@@ -109,15 +119,14 @@ def test_the_oracle_reads_out_in_the_tasks_own_metrics(probe_runs):
         "average_jaccard"]
     pose = probe_runs["pose"]["references"]
     assert pose["oracle"]["rotation_error_deg"] < 0.6 * pose["prior"]["rotation_error_deg"]
-    assert pose["oracle"]["epe"] < 0.3 * pose["prior"]["epe"]
+    assert pose["oracle"]["epe"] < 0.5 * pose["prior"]["epe"]
 
 
-def test_the_depth_prior_explains_what_its_map_explains(probe_runs, synthetic4d_dir):
+def test_the_depth_prior_explains_what_its_map_explains(probe_runs, probe_data):
     """The prior's r2 is the share of test log-depth variance the training set's mean
     log-depth map explains, computed here from the clips directly."""
-    from megavid.eval.datasets import load_dataset
-    train = np.stack([c.depth for c in load_dataset(str(synthetic4d_dir), split="train")])
-    test = np.stack([c.depth for c in load_dataset(str(synthetic4d_dir), split="test")])
+    train = np.stack([c.depth for c in load_dataset(str(probe_data), split="train")])
+    test = np.stack([c.depth for c in load_dataset(str(probe_data), split="test")])
     prior = mean_log_depth(torch.from_numpy(train)).numpy()
     logd = np.log(test)
     share = 1 - ((logd - prior) ** 2).sum() / ((logd - logd.mean()) ** 2).sum()
