@@ -3,7 +3,8 @@
 ``datasets.load_dataset`` gives ``Clip4D``s (synthetic or real data), ``metrics``
 scores predictions with the published definitions, ``readers`` holds the file
 formats; ``megavid.eval.run.run_eval(EvalConfig(...))`` trains and scores a readout
-(``python -m megavid.eval``). This package file imports the data side only, so
+(``python -m megavid.eval``): the attention readout (``readout``, ``train``) or the
+linear probe with its references (``probe``). This package file imports the data side only, so
 that reading a dataset does not import the model stack.
 """
 
