@@ -168,10 +168,12 @@ class Launch:
 
     def pretrain(self, tmp_path: Path, nproc: int, *args: str, timeout: float = 300,
                  env: dict | None = None) -> list[dict]:
-        """``torchrun --nproc-per-node N -m megavid.pretrain ARGS``; returns metrics.jsonl rows."""
+        """``torchrun --nproc-per-node N -m megavid.pretrain ARGS``, or for one process
+        ``python -m megavid.pretrain ARGS`` (an interpreter less to start); returns
+        metrics.jsonl rows."""
         log_dir = tmp_path / "run"
-        self.run("-m", "megavid.pretrain", "--log-dir", str(log_dir), *args, nproc=nproc,
-                 env=env, timeout=timeout, check=True)
+        self.run("-m", "megavid.pretrain", "--log-dir", str(log_dir), *args,
+                 nproc=None if nproc == 1 else nproc, env=env, timeout=timeout, check=True)
         return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
     def spawn(self, fn, *args, nprocs: int, start_method: str = "spawn", join: bool = True,
