@@ -155,13 +155,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     depths = (cfg.probe_depths or (cfg.depth,)) if cfg.readout_kind == "linear" else (cfg.depth,)
     feats, records = {}, {}
     for split, clips in (("train", train_clips), ("test", test_clips)):
-        parts = [cached_features(encoder, cfg.source, clips, depth=d, cache_dir=cfg.feature_cache,
-                                 batch_size=cfg.encode_batch, device=device, log=_log,
-                                 replicas=encoder_replicas()) for d in depths]
-        feats[split] = torch.cat([f for f, _ in parts], -1)
-        records[split] = parts[0][1] if len(parts) == 1 else {
-            "cache": "hit" if all(r["cache"] == "hit" for _, r in parts) else "miss",
-            "paths": [r["path"] for _, r in parts]}
+        feats[split], records[split] = features_at(cfg, encoder, clips, depths, device)
     del encoder
     seed = cfg.readout.seed
     targets = {"train": task.targets(train_clips, train=True, seed=seed),
@@ -174,43 +168,68 @@ def run_eval(cfg: EvalConfig) -> dict:
                                                "hidden_size", "num_layers")},
         "world_size": dp_info()[1], "features": records,
         "feature_shape": list(feats["train"].shape[1:])}
-    grid = tuple(feats["train"].shape[1:4])
-    if cfg.readout_kind == "linear":
-        if dp_info()[0] != 0:  # a closed-form fit: rank 0 alone
-            return {}
-        fitted = probe.get_probe(task, targets["train"], grid)
-        _log(f"linear probe: {cfg.task} on {len(train_clips)} train / {len(test_clips)} test "
-             f"clips, features {tuple(feats['train'].shape[1:])} at depth(s) {list(depths)}")
-        result["probe_depths"] = list(depths)
-        metrics, residual = probe.probe_features(fitted, feats["train"], feats["test"], targets)
-        result["metrics"] = _plain(metrics)
-        result["references"] = {name: _plain(m) for name, m in probe.references(
-            fitted, {"train": train_clips, "test": test_clips}, targets, seed=seed).items()}
-        pred, history = fitted.predictions(residual, targets["test"]), []
-    else:
-        torch.manual_seed(seed)  # the same head on every rank (DDP also broadcasts rank 0's)
-        head = task.build_head(feature_dim=feats["train"].shape[-1],
-                               num_frames=arch.num_frames, image_size=arch.image_size,
-                               width=cfg.readout.width, heads=cfg.readout.heads,
-                               train_targets=targets["train"])
-        _log(f"readout: {cfg.task} on {len(train_clips)} train / {len(test_clips)} test clips, "
-             f"features {tuple(feats['train'].shape[1:])} at depth {cfg.depth}, "
-             f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, "
-             f"{dp_info()[1]} data-parallel rank(s)")
-        history = train_readout(task, head, feats["train"], targets["train"], cfg.readout,
-                                device=device, log=_log)
-        if dp_info()[0] != 0:
-            return {}
-        pred = predict(task, head, feats["test"], targets["test"], device=device)
-        result["readout"] = dataclasses.asdict(cfg.readout)
-        result["metrics"] = _plain(task.metrics(pred, targets["test"]))
-        result["final_train_loss"] = float(np.mean([h["loss"] for h in history[-10:]]))
-        if task.name in probe.PROBES:  # the number every result is read against
-            prior = probe.get_probe(task, targets["train"], grid)
-            result["references"] = {"prior": _plain(probe.prior_metrics(prior,
-                                                                        targets["test"]))}
+    read = linear_readout if cfg.readout_kind == "linear" else attention_readout
+    done = read(cfg, task, arch, feats, targets, {"train": train_clips, "test": test_clips},
+                depths, device)
+    if done is None:  # not rank 0
+        return {}
+    update, pred, history = done
+    result.update(update)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return write_run(cfg, result, history, test_clips, pred, targets["test"])
+
+
+def features_at(cfg: EvalConfig, encoder, clips, depths, device) -> tuple[torch.Tensor, dict]:
+    """The clips' features at each depth (cached per depth), concatenated along channels,
+    and the cache record (for ``metrics.json``)."""
+    parts = [cached_features(encoder, cfg.source, clips, depth=d, cache_dir=cfg.feature_cache,
+                             batch_size=cfg.encode_batch, device=device, log=_log,
+                             replicas=encoder_replicas()) for d in depths]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([f for f, _ in parts], -1), {
+        "cache": "hit" if all(r["cache"] == "hit" for _, r in parts) else "miss",
+        "paths": [r["path"] for _, r in parts]}
+
+
+def linear_readout(cfg, task, arch, feats, targets, clips, depths, device):
+    """The ridge probe and its references (a closed-form fit: rank 0 alone); returns
+    (result fields, test predictions, history), or None on the other ranks."""
+    if dp_info()[0] != 0:
+        return None
+    fitted = probe.get_probe(task, targets["train"], tuple(feats["train"].shape[1:4]))
+    _log(f"linear probe: {cfg.task} on {len(clips['train'])} train / {len(clips['test'])} "
+         f"test clips, features {tuple(feats['train'].shape[1:])} at depth(s) {list(depths)}")
+    metrics, residual = probe.probe_features(fitted, feats["train"], feats["test"], targets)
+    refs = probe.references(fitted, clips, targets, seed=cfg.readout.seed)
+    update = {"probe_depths": list(depths), "metrics": _plain(metrics),
+              "references": {name: _plain(m) for name, m in refs.items()}}
+    return update, fitted.predictions(residual, targets["test"]), []
+
+
+def attention_readout(cfg, task, arch, feats, targets, clips, depths, device):
+    """4DS's attention readout, trained data parallel; the task's prior beside it. Returns
+    (result fields, test predictions, training history), or None on ranks other than 0."""
+    torch.manual_seed(cfg.readout.seed)  # the same head on every rank (DDP also broadcasts)
+    head = task.build_head(feature_dim=feats["train"].shape[-1], num_frames=arch.num_frames,
+                           image_size=arch.image_size, width=cfg.readout.width,
+                           heads=cfg.readout.heads, train_targets=targets["train"])
+    _log(f"readout: {cfg.task} on {len(clips['train'])} train / {len(clips['test'])} test "
+         f"clips, features {tuple(feats['train'].shape[1:])} at depth {cfg.depth}, "
+         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M parameters, "
+         f"{dp_info()[1]} data-parallel rank(s)")
+    history = train_readout(task, head, feats["train"], targets["train"], cfg.readout,
+                            device=device, log=_log)
+    if dp_info()[0] != 0:
+        return None
+    pred = predict(task, head, feats["test"], targets["test"], device=device)
+    update = {"readout": dataclasses.asdict(cfg.readout),
+              "metrics": _plain(task.metrics(pred, targets["test"])),
+              "final_train_loss": float(np.mean([h["loss"] for h in history[-10:]]))}
+    if task.name in probe.PROBES:  # the number every result is read against
+        prior = probe.get_probe(task, targets["train"], tuple(feats["train"].shape[1:4]))
+        update["references"] = {"prior": _plain(probe.prior_metrics(prior, targets["test"]))}
+    return update, pred, history
 
 
 def run_dir(cfg: EvalConfig) -> Path:
