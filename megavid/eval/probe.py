@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from megavid.eval.tasks import Task, mean_log_depth
+from megavid.kernels import reference
 
 # ridge penalties, relative to the mean eigenvalue of the standardised features' Gram matrix
 RIDGE_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-5.0, 4.01, 0.5))
@@ -149,22 +150,24 @@ class Probe:
         raise NotImplementedError
 
 
+def _tubelet(shape, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The tubelet that cuts a (T, H, W) clip into the (T', H', W') token grid."""
+    if any(n % g for n, g in zip(shape, grid)):
+        raise ValueError(f"probe: a {'x'.join(map(str, shape))} clip does not tile into a "
+                         f"{'x'.join(map(str, grid))} token grid")
+    return tuple(n // g for n, g in zip(shape, grid))
+
+
 def patchify(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """(N, T, H, W, *C) -> (N, T'H'W', t h w prod(C)) in the encoder's token order."""
-    n, t, h, w = x.shape[:4]
-    gt, gh, gw = grid
-    if t % gt or h % gh or w % gw:
-        raise ValueError(f"probe: a {t}x{h}x{w} clip does not tile into a {gt}x{gh}x{gw} "
-                         "token grid")
-    x = x.reshape(n, gt, t // gt, gh, h // gh, gw, w // gw, -1)
-    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(n, gt * gh * gw, -1)
+    """(N, T, H, W[, C]) -> (N, T'H'W', t h w C) in the encoder's token order (the MAE's own
+    ``megavid.kernels.reference.patchify``; one channel where ``x`` has none)."""
+    video = x if x.ndim == 5 else x[..., None]
+    return reference.patchify(video, _tubelet(x.shape[1:4], grid))
 
 
 def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], shape: tuple[int, int, int]):
     """Inverse of ``patchify`` for one channel: (N, T'H'W', t h w) -> (N, T, H, W)."""
-    (gt, gh, gw), (t, h, w) = grid, shape
-    x = x.reshape(len(x), gt, gh, gw, t // gt, h // gh, w // gw)
-    return x.permute(0, 1, 4, 2, 5, 3, 6).reshape(len(x), t, h, w)
+    return reference.unpatchify(x, _tubelet(shape, grid), grid, 1)[..., 0]
 
 
 class DepthProbe(Probe):
