@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import av
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from megavid.data.dataset import VideoClipDataset
 from megavid.data.decode import DecodeError, PyAVDecoder
 from megavid.data.transforms import crop_resize, plan_frames
-from tests.data.helpers import ARCH, CLIP_FRAMES, CLIP_SIZE
+from tests.data.helpers import ARCH, CLIP_FRAMES, CLIP_SIZE, ramp_frames, write_video
 
 
 def full_decode(path) -> np.ndarray:
@@ -68,3 +70,16 @@ def test_garbage_file_raises_decode_error(tmp_path):
     bad.write_bytes(b"\x00not a video" * 100)
     with pytest.raises(DecodeError):
         PyAVDecoder().probe(bad)
+
+
+def test_one_decoder_across_sizes_and_a_pickle(demo_clips, tmp_path):
+    """The decoder keeps one pixel-format converter for every frame it decodes (building one
+    per frame cost most of a small clip's decode); files of other sizes in between, and a
+    copy sent to a spawned worker, still convert exactly."""
+    other = write_video(tmp_path / "other.webm", ramp_frames(16, 48, 80, seed=2))
+    decoder = PyAVDecoder()
+    for path in (demo_clips[0], other, demo_clips[1]):
+        np.testing.assert_array_equal(decoder.decode(path, [1, 5, 6]),
+                                      full_decode(path)[[1, 5, 6]])
+    copy = pickle.loads(pickle.dumps(decoder))
+    np.testing.assert_array_equal(copy.decode(other, [0, 15]), full_decode(other)[[0, 15]])
