@@ -50,6 +50,10 @@ WIDTHS = {  # name -> model.arch overrides of the tiny preset (6 + 2 layers)
     "w128": {"tubelet": TUBELET, "hidden_size": 128, "ffn_hidden_size": 256},
 }
 MASK_RATIO = 0.9
+CURVE_POINTS = 32  # stretches of each run's loss curve kept in the JSON
+# with normalised targets a decoder that predicts each tubelet's mean scores 1.0; the MAE
+# counts as off that plateau once its loss stays under this
+PLATEAU_LOSS = 0.98
 # what each panel shows: (readout, task, metric, higher is better)
 PANELS = [("linear", "depth", "residual_r2", True), ("linear", "depth", "abs_rel", False),
           ("linear", "tracking", "average_jaccard", True),
@@ -62,12 +66,12 @@ PANELS = [("linear", "depth", "residual_r2", True), ("linear", "depth", "abs_rel
 class Settings:
     bench_scenes: int = 256  # the default benchmark (192 train / 64 test clips)
     pretrain_scenes: int = 1024  # label-free, seed 1: the MAE's own data
-    budgets: tuple[int, ...] = (0, 125, 500, 2000)  # pretraining steps; 0 = random weights
+    budgets: tuple[int, ...] = (0, 64, 256, 1024)  # pretraining steps; 0 = random weights
     seeds: tuple[int, ...] = (1, 2, 3)  # pretraining seeds
     readout_seeds: tuple[int, ...] = (0, 1, 2)  # attention readout seeds
     readout_steps: int = 300
     batch: int = 16
-    lr: float = 2e-3
+    lr: float = 3e-4  # 2e-3 left the MAE on its loss plateau for most of a run (README)
     widths: dict = field(default_factory=lambda: dict(WIDTHS))
 
 
@@ -98,6 +102,29 @@ def pretrain(work: Path, data: Path, width: str, arch: dict, steps: int, seed: i
     return out / "ckpt"
 
 
+def loss_curve(log_dir: Path, points: int = CURVE_POINTS) -> list[float]:
+    """The run's training loss (``metrics.jsonl``, one line per step) as the means of
+    ``points`` equal stretches of its steps (one a step for shorter runs)."""
+    losses = [json.loads(line)["loss"] for line in (log_dir / "metrics.jsonl").open()]
+    points = min(points, len(losses))
+    edges = [round(i * len(losses) / points) for i in range(points + 1)]
+    return [statistics.mean(losses[a:b]) for a, b in zip(edges, edges[1:])]
+
+
+def final_loss(curve: list[float]) -> float:
+    """The mean over the last eighth of a ``loss_curve``."""
+    return statistics.mean(curve[-max(1, len(curve) // 8):])
+
+
+def plateau_exit(curve: list[float]) -> float | None:
+    """The fraction of the run after which the loss first stays under ``PLATEAU_LOSS``
+    (None: it never left the plateau), from ``loss_curve``'s stretches."""
+    for i in range(len(curve)):
+        if all(v < PLATEAU_LOSS for v in curve[i:]):
+            return i / len(curve)
+    return None
+
+
 def read_out(ckpt: Path, bench: Path, work: Path, readout: str, task: str, seed: int,
              s: Settings) -> dict:
     result = run_eval(EvalConfig(
@@ -121,12 +148,15 @@ def measure(s: Settings, work: Path) -> dict:
                            seed=0, workers=2)
     videos = make_synthetic(work / "pretrain-data", num_scenes=s.pretrain_scenes, frames=8,
                             size=64, seed=1, labels=False, workers=2) / "train" / "videos"
-    runs, priors = {}, {}
+    runs, priors, curves = {}, {}, {}
     try:
         for width, arch in s.widths.items():
             for steps in s.budgets:
                 for seed in s.seeds:
                     ckpt = pretrain(work, videos, width, arch, steps, seed, s)
+                    if steps:
+                        curves.setdefault(f"{width}/{steps}", []).append(
+                            loss_curve(ckpt.parent / "log"))
                     jobs = [("linear", seed)] + ([("attention", r) for r in s.readout_seeds]
                                                  if seed == s.seeds[0] else [])
                     for readout, rseed in jobs:
@@ -139,7 +169,7 @@ def measure(s: Settings, work: Path) -> dict:
         runtime.shutdown()
     costs = {f"{w}/{b}": flops(arch, b, s.batch) for w, arch in s.widths.items()
              for b in s.budgets}
-    return {"runs": runs, "priors": priors, "flops": costs}
+    return {"runs": runs, "priors": priors, "flops": costs, "loss_curves": curves}
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -155,10 +185,11 @@ def draw(measured: dict, s: Settings, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
     smallest = min(v for v in measured["flops"].values() if v > 0)
     random_x = smallest / 8  # random weights: drawn left of the smallest budget
-    for ax, (readout, task, metric, higher) in zip(axes.ravel(), PANELS):
+    draw_pretraining(measured, s, axes[0, 3], axes[1, 3])
+    for ax, (readout, task, metric, higher) in zip(axes[:, :3].ravel(), PANELS):
         for i, width in enumerate(s.widths):
             xs, means, stds = [], [], []
             for steps in s.budgets:
@@ -185,6 +216,36 @@ def draw(measured: dict, s: Settings, path: Path) -> None:
     plt.close(fig)
 
 
+def draw_pretraining(measured: dict, s: Settings, curves_ax, scatter_ax) -> None:
+    """Left: every run's MAE loss against the fraction of its steps (the plateau at 1.0 is
+    a decoder predicting each tubelet's mean); right: each seed's linear-probe depth
+    residual R^2 against its run's final loss."""
+    colours = dict(zip(s.widths, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    styles = dict(zip([b for b in s.budgets if b], (":", "-.", "--", "-")))
+    for key, per_seed in measured["loss_curves"].items():
+        width, steps = key.split("/")
+        for i, curve in enumerate(per_seed):
+            xs = [(j + 0.5) / len(curve) for j in range(len(curve))]
+            curves_ax.plot(xs, curve, color=colours[width], linestyle=styles[int(steps)],
+                           linewidth=1, label=f"{width}, {steps} steps" if i == 0 else None)
+            r2 = measured["runs"][f"linear/depth/{width}/{steps}"][i]["residual_r2"]
+            top = int(steps) == max(s.budgets)
+            scatter_ax.scatter(final_loss(curve), r2, color=colours[width],
+                               marker="o" if top else "x", s=20)
+    curves_ax.axhline(PLATEAU_LOSS, color="grey", linestyle="--", linewidth=0.8)
+    curves_ax.set_xlabel("fraction of the run's steps")
+    curves_ax.set_title("MAE training loss (normalised targets)")
+    curves_ax.legend(fontsize=7)
+    for width, colour in colours.items():
+        random = [m["residual_r2"] for m in measured["runs"][f"linear/depth/{width}/0"]]
+        scatter_ax.axhline(statistics.mean(random), color=colour, linestyle=":", linewidth=0.8,
+                           label=f"{width} random weights")
+    scatter_ax.set_xlabel("final MAE loss (last eighth of the run)")
+    scatter_ax.set_title("depth residual_r2 (linear) per encoder (o: largest budget)",
+                         fontsize=10)
+    scatter_ax.legend(fontsize=7)
+
+
 def rows_and_ratios(measured: dict, s: Settings) -> tuple[list[dict], dict]:
     rows, ratios = [], {}
     for key, per_seed in measured["runs"].items():
@@ -196,7 +257,16 @@ def rows_and_ratios(measured: dict, s: Settings) -> tuple[list[dict], dict]:
                     continue
                 rows.append({"name": f"{readout} {task} {metric} {width} steps={steps}",
                              "value": mean, "unit": "", "std": std, "seeds": len(per_seed),
+                             "per_seed": [m[metric] for m in per_seed],
                              "flops": measured["flops"][f"{width}/{steps}"]})
+    for key, per_seed in measured.get("loss_curves", {}).items():
+        width, steps = key.split("/")
+        exits = [plateau_exit(c) for c in per_seed]
+        rows.append({"name": f"pretraining final_loss {width} steps={steps}",
+                     "value": spread([final_loss(c) for c in per_seed])[0],
+                     "per_seed": [final_loss(c) for c in per_seed],
+                     "unit": "", "seeds": len(per_seed),
+                     "plateau_exit_fraction": exits, "loss_curves": per_seed})
     top = max(s.budgets)
     for width in s.widths:
         for readout, task, metric, higher in PANELS:
