@@ -149,6 +149,11 @@ class Probe:
     def predictions(self, residual: torch.Tensor, targets: dict) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def residual_parts(self, residual: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                       targets: dict) -> dict[str, float]:
+        """Task-specific splits of ``residual_r2`` (``score`` adds them to the metrics)."""
+        return {}
+
 
 def _tubelet(shape, grid: tuple[int, int, int]) -> tuple[int, int, int]:
     """The tubelet that cuts a (T, H, W) clip into the (T', H', W') token grid."""
@@ -197,6 +202,21 @@ class DepthProbe(Probe):
     def predictions(self, residual, targets):
         shape = tuple(targets["depth"].shape[1:])
         return {"depth": (unpatchify(residual, self.grid, shape) + self.prior).exp().numpy()}
+
+    def residual_parts(self, residual, pred, mask, targets):
+        """``residual_r2`` split per frame: ``residual_r2_frame_mean``, the frames' mean
+        log-depth residuals (the depth scale, which AbsRel's per-frame median scaling takes
+        out) and ``residual_r2_in_frame``, each pixel's residual about its frame's mean (the
+        structure AbsRel scores). The two squared errors add up to ``residual_r2``'s."""
+        shape = tuple(targets["depth"].shape[1:])
+        r, p, m = (unpatchify(x.double(), self.grid, shape) for x in (residual, pred, mask))
+        count = m.sum((2, 3))
+        r_mean, p_mean = ((x * m).sum((2, 3)) / count.clamp(min=1) for x in (r, p))
+        parts = {"frame_mean": (count * (r_mean - p_mean) ** 2, count * r_mean ** 2)}
+        r_in = r - r_mean[..., None, None]
+        parts["in_frame"] = ((r_in - p + p_mean[..., None, None]) ** 2 * m, r_in ** 2 * m)
+        return {f"residual_r2_{name}": float(1 - error.sum() / prior.sum())
+                if prior.sum() > 0 else float("nan") for name, (error, prior) in parts.items()}
 
 
 class TrackingProbe(Probe):
@@ -339,6 +359,7 @@ def score(probe: Probe, residual_pred: torch.Tensor, targets: dict) -> dict:
     prior_error = (res ** 2).sum()
     metrics["residual_r2"] = float(1 - ((res - pred) ** 2).sum() / prior_error) \
         if prior_error > 0 else float("nan")
+    metrics.update(probe.residual_parts(residual, residual_pred, mask, targets))
     return metrics
 
 

@@ -17,7 +17,7 @@ import torch
 from megavid.eval import make_synthetic, probe
 from megavid.eval.datasets import load_dataset
 from megavid.eval.run import EvalConfig, run_eval
-from megavid.eval.tasks import mean_log_depth
+from megavid.eval.tasks import get_task, mean_log_depth
 from megavid.parallel import runtime
 from tests.eval.conftest import MITSUBA_REASON
 
@@ -69,6 +69,32 @@ def test_patchify_cuts_the_token_grid_and_unpatchify_inverts_it():
     torch.testing.assert_close(probe.unpatchify(tokens, (2, 3, 4), (4, 6, 8)), x)
     with pytest.raises(ValueError, match="does not tile"):
         probe.patchify(x, (3, 3, 4))
+
+
+def test_depth_residual_r2_splits_into_frame_scale_and_structure():
+    """The depth probe's residual_r2 splits per frame: predicting each frame's mean residual
+    (its depth scale) earns frame_mean 1 and in_frame 0; the two errors add up to the whole."""
+    gen = torch.Generator().manual_seed(0)
+    depth = torch.rand(3, 4, 8, 8, generator=gen) + 0.5
+    depth[0, 0, :2, :3] = 0  # invalid pixels are not scored
+    depth_probe = probe.get_probe(get_task("depth"), {"depth": depth + 1}, (2, 2, 2))
+    targets = {"depth": depth}
+    residual, mask = depth_probe.residual(targets)
+    r = probe.unpatchify(residual, depth_probe.grid, (4, 8, 8))
+    valid = depth > 0
+    frame_mean = (r * valid).sum((2, 3)) / valid.sum((2, 3))
+    scale_only = probe.patchify(frame_mean[..., None, None].expand_as(r), depth_probe.grid)
+    parts = depth_probe.residual_parts(residual, scale_only, mask, targets)
+    assert parts["residual_r2_frame_mean"] == pytest.approx(1)
+    assert parts["residual_r2_in_frame"] == pytest.approx(0, abs=1e-12)
+    noisy = residual + 0.3 * torch.randn(residual.shape, generator=gen)
+    scores = probe.score(depth_probe, noisy, targets)
+    frame_prior = (valid.sum((2, 3)) * frame_mean.double() ** 2).sum()
+    r_in = (r - frame_mean[..., None, None]).double()
+    in_prior = (r_in ** 2 * valid).sum()
+    whole = 1 - ((1 - scores["residual_r2_frame_mean"]) * frame_prior
+                 + (1 - scores["residual_r2_in_frame"]) * in_prior) / (frame_prior + in_prior)
+    assert scores["residual_r2"] == pytest.approx(float(whole), abs=1e-6)
 
 
 # what the oracle reaches on 18 training clips, with room for the noise of 6 test clips
