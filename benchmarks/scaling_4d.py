@@ -18,8 +18,8 @@ the left edge), one line per width, with the task's prior (the training set's me
 map; points that stay still) as a horizontal line. ``--out`` receives ``scaling_4d.png``
 and ``scaling_4d_cpu.json`` (the benchmark format; ``--quick``: ``scaling_4d_quick.*``).
 
-    python benchmarks/scaling_4d.py --out benchmarks/results           # about an hour
-    python benchmarks/scaling_4d.py --out /tmp/scaling --quick         # a few minutes
+    python benchmarks/scaling_4d.py --out benchmarks/results           # about 70 minutes
+    python benchmarks/scaling_4d.py --out /tmp/scaling --quick         # about 5 minutes
 """
 
 from __future__ import annotations
@@ -250,7 +250,8 @@ def rows_and_ratios(measured: dict, s: Settings) -> tuple[list[dict], dict]:
     rows, ratios = [], {}
     for key, per_seed in measured["runs"].items():
         readout, task, width, steps = key.split("/")
-        for metric in ("residual_r2", "abs_rel", "average_jaccard", "r2"):
+        for metric in ("residual_r2", "abs_rel", "average_jaccard", "r2",
+                       "residual_r2_frame_mean", "residual_r2_in_frame"):
             if metric in per_seed[0]:
                 mean, std = spread([m[metric] for m in per_seed])
                 if not math.isfinite(mean):
