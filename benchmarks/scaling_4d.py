@@ -262,12 +262,12 @@ def rows_and_ratios(measured: dict, s: Settings) -> tuple[list[dict], dict]:
                              "flops": measured["flops"][f"{width}/{steps}"]})
     for key, per_seed in measured.get("loss_curves", {}).items():
         width, steps = key.split("/")
-        exits = [plateau_exit(c) for c in per_seed]
+        finals = [final_loss(c) for c in per_seed]
         rows.append({"name": f"pretraining final_loss {width} steps={steps}",
-                     "value": spread([final_loss(c) for c in per_seed])[0],
-                     "per_seed": [final_loss(c) for c in per_seed],
+                     "value": spread(finals)[0], "per_seed": finals,
                      "unit": "", "seeds": len(per_seed),
-                     "plateau_exit_fraction": exits, "loss_curves": per_seed})
+                     "plateau_exit_fraction": [plateau_exit(c) for c in per_seed],
+                     "loss_curves": per_seed})
     top = max(s.budgets)
     for width in s.widths:
         for readout, task, metric, higher in PANELS:
