@@ -79,7 +79,7 @@ class Context:
                 return None, "unknown device or precision"
             return devices.GPU_PEAKS[key][prec], f"{key} datasheet {prec}"
         dtype = DTYPES.get(dtype, torch.float32) if isinstance(dtype, str) else dtype
-        return measured_cpu_tflops(dtype, 2048), f"measured 2048^3 {dtype} matmul"
+        return devices.measured_cpu_tflops(2048, dtype=dtype), f"measured square {dtype} matmul"
 
     def peak_gbs(self) -> tuple[float | None, str]:
         """(memory bandwidth GB/s, source) of this device."""
@@ -89,15 +89,6 @@ class Context:
                 return None, "unknown device"
             return devices.GPU_PEAKS[key]["hbm_gbs"], f"{key} datasheet HBM"
         return measured_cpu_gbs(), "measured fp32 copy"
-
-
-@functools.lru_cache(maxsize=None)
-def measured_cpu_tflops(dtype: torch.dtype, size: int) -> float:
-    """Best-of-5 square matmul throughput of this process's threads, TFLOP/s."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b), torch.mm(a, b)
-    best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(5))
-    return 2 * size**3 / best / 1e12
 
 
 @functools.lru_cache(maxsize=None)

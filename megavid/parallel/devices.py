@@ -65,15 +65,27 @@ def _match_gpu(name: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def measured_cpu_tflops(size: int = 1024, repeats: int = 5) -> float:
-    """fp32 matmul throughput of this process's CPU threads, in TFLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
+def measured_cpu_tflops(size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32,
+                        budget_s: float = 3.0) -> float:
+    """Best-of-``repeats`` square matmul throughput of this process's CPU threads, TFLOP/s.
+
+    A dtype the CPU has no fast kernels for (bf16 on an AVX2-only CPU runs some 70x slower
+    than fp32) would take minutes at full size, so ``size`` halves until the timed products
+    fit in about ``budget_s``; a fast dtype is measured at ``size`` as asked.
+    """
+    def seconds(a, b) -> float:
         start = time.perf_counter()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    probe = torch.randn(256, 256, dtype=dtype)
+    seconds(probe, probe)  # warm-up
+    rate = 2 * 256**3 / max(seconds(probe, probe), 1e-9)  # FLOP/s, roughly
+    while size > 256 and 2 * size**3 / rate * (repeats + 1) > budget_s:
+        size //= 2
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    seconds(a, b)  # warm-up
+    best = min(seconds(a, b) for _ in range(repeats))
     return 2 * size**3 / best / 1e12
 
 
