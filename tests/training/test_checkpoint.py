@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -46,6 +47,11 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "condition") -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def copy_of(save: Path, tmp_path: Path) -> Path:
+    """A copy of a shared fixture's save folder, for a test to damage."""
+    return Path(shutil.copytree(save, tmp_path / "save"))
 
 
 def latest(save: Path) -> str | None:
@@ -90,14 +96,25 @@ def test_async_save_commits_and_resumes_exactly(tmp_path, launch):
         (m["loss"], m["grad_norm"]) for m in full[2:]]
 
 
-@pytest.mark.slow  # 33-52 s on 2 cores: three runs, one saving every step
-def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, launch):
+@pytest.fixture(scope="module")
+def four_steps_saved(tmp_path_factory, shared_launch) -> tuple[Path, list[dict]]:
+    """A one-rank run of 4 steps saved every 2: its save folder (tests damage copies of it)
+    and metrics."""
+    tmp = tmp_path_factory.mktemp("four_steps")
+    rows = shared_launch.pretrain(tmp, 1, *TINY, *MOCK, "--train-iters", "4", "--save",
+                                  str(tmp / "save"), "--save-interval", "2")
+    return tmp / "save", rows
+
+
+@pytest.mark.slow  # 25-40 s on 2 cores: two runs, one saving every step (and the shared one)
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, launch,
+                                                               four_steps_saved):
     proc = run(launch, tmp_path / "one", *TINY, *MOCK, "--train-iters", "4",
                "--set", "train.inject_nan_steps=[2]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = metrics(tmp_path / "one")
     assert [r["skipped"] for r in rows] == [False, True, False, False]
-    clean = launch.pretrain(tmp_path / "clean", 1, *TINY, *MOCK, "--train-iters", "4")
+    _, clean = four_steps_saved  # the same run without the injected NaN
     # a skipped step changes nothing: step 3 sees the parameters step 2 started from,
     # and only the data moved on
     assert rows[2]["loss"] != clean[2]["loss"] and rows[0]["loss"] == clean[0]["loss"]
@@ -111,11 +128,10 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, launch)
     assert latest(save) == "iter_0000001"
 
 
-@pytest.mark.slow  # 40-52 s on 2 cores: three runs
-def test_damaged_checkpoint_is_named_and_fallback_loads_previous(tmp_path, launch):
-    save = tmp_path / "save"
-    launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "4", "--save", str(save),
-                    "--save-interval", "2")
+@pytest.mark.slow  # 25-35 s on 2 cores: two runs (and the shared one)
+def test_damaged_checkpoint_is_named_and_fallback_loads_previous(tmp_path, launch,
+                                                                 four_steps_saved):
+    save = copy_of(four_steps_saved[0], tmp_path)
     shard = next((save / "iter_0000004").glob("*.distcp"))
     shard.unlink()
     proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "6", "--load", str(save),
@@ -133,24 +149,22 @@ class _Exploit:
         return (os.system, ("touch /tmp/megavid-pwned",))
 
 
-@pytest.mark.slow  # ~27 s: train, save and load again
-def test_loading_never_unpickles_arbitrary_objects(tmp_path, launch):
-    save = tmp_path / "save"
-    launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
-    common = save / "iter_0000002" / "common.pt"
+@pytest.mark.slow  # ~15 s: load a damaged copy of the shared run
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, launch, four_steps_saved):
+    save = copy_of(four_steps_saved[0], tmp_path)
+    common = save / "iter_0000004" / "common.pt"
     common.write_bytes(pickle.dumps({"common": _Exploit()}))
-    write_manifest(save / "iter_0000002", 2)  # a consistent but malicious checkpoint
-    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "3", "--load", str(save))
+    write_manifest(save / "iter_0000004", 4)  # a consistent but malicious checkpoint
+    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "5", "--load", str(save))
     assert proc.returncode == 2
     assert not Path("/tmp/megavid-pwned").exists()
     assert "common.pt holds objects that are not plain data; refusing to unpickle" in proc.stderr
 
 
-@pytest.mark.slow  # ~27 s: train, save and load again
-def test_shape_mismatch_names_the_tensor(tmp_path, launch):
-    save = tmp_path / "save"
-    launch.pretrain(tmp_path / "a", 1, *TINY, *MOCK, "--train-iters", "2", "--save", str(save))
-    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "3", "--load", str(save),
+@pytest.mark.slow  # ~15 s: load a copy of the shared run's checkpoint
+def test_shape_mismatch_names_the_tensor(tmp_path, launch, four_steps_saved):
+    save = copy_of(four_steps_saved[0], tmp_path)
+    proc = run(launch, tmp_path / "b", *TINY, *MOCK, "--train-iters", "5", "--load", str(save),
                "--set", "model.arch={hidden_size: 128}")
     assert proc.returncode == 2
     assert ("Global shape mismatch for loaded (torch.Size([64, 64])) and expected ((64, 128)) "
