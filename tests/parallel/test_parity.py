@@ -86,7 +86,7 @@ def test_decoder_masking_layout_matches_single_process(name, runs):
         if "val_loss" in ref:
             assert got["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5), name
     full = runs("single", 1)  # mock clips' losses sit near 1 either way; gradients tell
-    for a, b in zip(reference, full):  # (2-6% apart at seed 1)
+    for a, b in zip(reference, full):  # (a few % apart at seed 1)
         assert a["loss"] != pytest.approx(b["loss"], rel=1e-6)
         assert a["grad_norm"] != pytest.approx(b["grad_norm"], rel=0.01)
 
