@@ -90,3 +90,30 @@ def test_the_figure_is_drawn(scaling, tmp_path):
 
     with Image.open(path) as image:
         assert image.size == (2000, 850)  # eight panels, 20 x 8.5 in at 100 dpi
+
+
+def test_a_rerun_keeps_finished_readouts_and_counts_their_time(scaling, tmp_path, monkeypatch):
+    """A resumed invocation reads a finished readout's metrics.json instead of training it
+    again, and ``compute_seconds`` adds up every run and readout in the work folder."""
+    import json
+
+    run = tmp_path / "w64-steps64-seed1"
+    (run / "ckpt").mkdir(parents=True)
+    (run / "seconds").write_text("35.5\n")
+    done = tmp_path / "eval" / "w64-steps64-seed1-linear-depth-1"
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({
+        "metrics": {"abs_rel": 0.3}, "references": {"prior": {"abs_rel": 0.31}},
+        "seconds": 4.5}))
+    monkeypatch.setattr(scaling, "run_eval", lambda cfg: pytest.fail("readout rerun"))
+    got = scaling.read_out(run / "ckpt", tmp_path / "bench", tmp_path, "linear", "depth", 1,
+                           scaling.Settings())
+    assert got == {"metrics": {"abs_rel": 0.3}, "prior": {"abs_rel": 0.31}}
+    assert scaling.compute_seconds(tmp_path) == pytest.approx(40.0)
+    (done / "metrics.json").write_text("{")  # cut short: trained again
+    calls = []
+    monkeypatch.setattr(scaling, "run_eval", lambda cfg: calls.append(cfg.out) or {
+        "metrics": {"abs_rel": 0.29}, "references": {"prior": {}}})
+    assert scaling.read_out(run / "ckpt", tmp_path / "bench", tmp_path, "linear", "depth", 1,
+                            scaling.Settings())["metrics"] == {"abs_rel": 0.29}
+    assert calls == [str(done)]
