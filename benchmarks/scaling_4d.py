@@ -140,15 +140,12 @@ def read_out(ckpt: Path, bench: Path, work: Path, readout: str, task: str, seed:
     out = work / "eval" / f"{ckpt.parent.name}-{readout}-{task}-{seed}"
     try:  # a rerun keeps finished readouts (metrics.json is written when one ends)
         result = json.loads((out / "metrics.json").read_text())
-        return {"metrics": result["metrics"], "prior": result["references"]["prior"]}
-    except (OSError, ValueError, KeyError):
-        pass
-    result = run_eval(EvalConfig(
-        task=task, source=str(ckpt), data=str(bench), readout_kind=readout,
-        out=str(out), pictures=False,
-        feature_cache=str(work / "features"),
-        readout=ReadoutConfig(steps=s.readout_steps, batch_size=16, lr=3e-3, warmup=10,
-                              width=64, heads=4, seed=seed, log_interval=10**6)))
+    except (OSError, ValueError):
+        result = run_eval(EvalConfig(
+            task=task, source=str(ckpt), data=str(bench), readout_kind=readout,
+            out=str(out), pictures=False, feature_cache=str(work / "features"),
+            readout=ReadoutConfig(steps=s.readout_steps, batch_size=16, lr=3e-3, warmup=10,
+                                  width=64, heads=4, seed=seed, log_interval=10**6)))
     return {"metrics": result["metrics"], "prior": result["references"]["prior"]}
 
 
@@ -320,6 +317,7 @@ def main() -> None:
     draw(measured, s, out / f"{stem}.png")
     rows, ratios = rows_and_ratios(measured, s)
     wall = time.perf_counter() - started
+    compute = compute_seconds(work)
     notes = [f"tiny preset (6 + 2 layers) at 2x8x8 tubelets, widths {list(s.widths)}, mask "
              f"{MASK_RATIO}, normalised targets, batch {s.batch}, lr {s.lr}, one cosine run per "
              f"budget {list(s.budgets)} steps (0: random weights)",
@@ -332,12 +330,12 @@ def main() -> None:
              "better), and that gap in units of the larger of the two seed spreads",
              f"wall time {wall:.0f} s (this invocation; runs and readouts already in the work "
              f"folder are kept, not repeated); pretraining and readouts took "
-             f"{compute_seconds(work):.0f} s in all"]
+             f"{compute:.0f} s in all"]
     obj = write_results(out / f"{stem}_cpu.json", "benchmarks.scaling_4d", rows, ratios,
                         notes=notes, extra={"settings": dataclasses.asdict(s),
                                             "priors": measured["priors"],
                                             "wall_time_s": round(wall, 1),
-                                            "compute_s": round(compute_seconds(work), 1)})
+                                            "compute_s": round(compute, 1)})
     print(json.dumps(obj["ratios"], indent=1))
     print(f"wrote {out / f'{stem}.png'} and {out / f'{stem}_cpu.json'} in {wall:.0f} s")
 

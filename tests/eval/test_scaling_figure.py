@@ -4,6 +4,7 @@ themselves are the benchmark's; the probe and readouts have their own tests)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -95,8 +96,6 @@ def test_the_figure_is_drawn(scaling, tmp_path):
 def test_a_rerun_keeps_finished_readouts_and_counts_their_time(scaling, tmp_path, monkeypatch):
     """A resumed invocation reads a finished readout's metrics.json instead of training it
     again, and ``compute_seconds`` adds up every run and readout in the work folder."""
-    import json
-
     run = tmp_path / "w64-steps64-seed1"
     (run / "ckpt").mkdir(parents=True)
     (run / "seconds").write_text("35.5\n")
