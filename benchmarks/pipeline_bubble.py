@@ -153,7 +153,7 @@ def _free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="pipeline_bubble.json")
-    parser.add_argument("--quick", action="store_true", help="three settings, one repeat")
+    parser.add_argument("--quick", action="store_true", help="three settings instead of seven")
     parser.add_argument("--stage-ms", type=float, default=20.0,
                         help="forward ms per stage per micro-batch (backward: twice)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -169,7 +169,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD),
                "--master-port", str(_free_port()), __file__, "--worker",
                "--rows", str(rows_path), "--stage-ms", str(args.stage_ms),
-               "--repeats", str(1 if args.quick else args.repeats)]
+               "--repeats", str(args.repeats)]
         cmd += ["--quick"] if args.quick else []
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         subprocess.run(cmd, cwd=REPO, env=env,
