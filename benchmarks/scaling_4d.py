@@ -55,9 +55,13 @@ CURVE_POINTS = 32  # stretches of each run's loss curve kept in the JSON
 # counts as off that plateau once its loss stays under this
 PLATEAU_LOSS = 0.98
 # what each panel shows: (readout, task, metric, higher is better)
+# (abs_rel: per-frame median scaling, each frame's structure only; abs_rel_unscaled: the
+# metric depth the readouts regress, each frame's depth scale included)
 PANELS = [("linear", "depth", "residual_r2", True), ("linear", "depth", "abs_rel", False),
+          ("linear", "depth", "abs_rel_unscaled", False),
           ("linear", "tracking", "average_jaccard", True),
           ("attention", "depth", "abs_rel", False),
+          ("attention", "depth", "abs_rel_unscaled", False),
           ("attention", "tracking", "average_jaccard", True),
           ("linear", "tracking", "residual_r2", True)]
 
@@ -138,8 +142,11 @@ def plateau_exit(curve: list[float]) -> float | None:
 def read_out(ckpt: Path, bench: Path, work: Path, readout: str, task: str, seed: int,
              s: Settings) -> dict:
     out = work / "eval" / f"{ckpt.parent.name}-{readout}-{task}-{seed}"
+    plotted = {metric for r, t, metric, _ in PANELS if (r, t) == (readout, task)}
     try:  # a rerun keeps finished readouts (metrics.json is written when one ends)
         result = json.loads((out / "metrics.json").read_text())
+        if not plotted <= result["metrics"].keys():
+            raise ValueError("an older readout, without a metric the figure now plots")
     except (OSError, ValueError):
         result = run_eval(EvalConfig(
             task=task, source=str(ckpt), data=str(bench), readout_kind=readout,
@@ -198,11 +205,11 @@ def draw(measured: dict, s: Settings, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    fig, axes = plt.subplots(2, 5, figsize=(25, 8.5))
     smallest = min(v for v in measured["flops"].values() if v > 0)
     random_x = smallest / 8  # random weights: drawn left of the smallest budget
-    draw_pretraining(measured, s, axes[0, 3], axes[1, 3])
-    for ax, (readout, task, metric, higher) in zip(axes[:, :3].ravel(), PANELS):
+    draw_pretraining(measured, s, axes[0, 4], axes[1, 4])
+    for ax, (readout, task, metric, higher) in zip(axes[:, :4].ravel(), PANELS):
         for i, width in enumerate(s.widths):
             xs, means, stds = [], [], []
             for steps in s.budgets:
@@ -263,7 +270,7 @@ def rows_and_ratios(measured: dict, s: Settings) -> tuple[list[dict], dict]:
     rows, ratios = [], {}
     for key, per_seed in measured["runs"].items():
         readout, task, width, steps = key.split("/")
-        for metric in ("residual_r2", "abs_rel", "average_jaccard", "r2",
+        for metric in ("residual_r2", "abs_rel", "abs_rel_unscaled", "average_jaccard", "r2",
                        "residual_r2_frame_mean", "residual_r2_in_frame"):
             if metric in per_seed[0]:
                 mean, std = spread([m[metric] for m in per_seed])

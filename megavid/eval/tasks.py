@@ -108,8 +108,13 @@ class DepthTask(Task):
         return {"depth": out.exp().numpy()}
 
     def metrics(self, pred, batch):
+        """``abs_rel``/``delta1`` after per-frame median scaling, which scores each frame's
+        structure only, and ``abs_rel_unscaled``: AbsRel of the metric depth the readout
+        regresses, each frame's depth scale included."""
         gt = batch["depth"].numpy()
-        return M.depth_metrics(pred["depth"], gt, gt > 0, median_scale=True)
+        scaled = M.depth_metrics(pred["depth"], gt, gt > 0, median_scale=True)
+        unscaled = M.depth_metrics(pred["depth"], gt, gt > 0, median_scale=False)
+        return {**scaled, "abs_rel_unscaled": unscaled["abs_rel"]}
 
 
 def _first_visible(visible: np.ndarray) -> np.ndarray:

@@ -4,13 +4,17 @@ The protocol, at the smallest size where it holds on CPU: render 96 scenes of th
 4D benchmark (72 train / 24 test), pretrain the ``tiny`` preset at 2x8x8 tubelets for 250
 steps with ``python -m megavid.pretrain`` on the training videos, save the same network at
 its initialisation (``--lr 0``, one step) as the random-weights control, and read depth out
-of both with the linear probe (``megavid.eval.probe``). Measured over seeds 1-3 (README,
-"4D evaluation"): depth residual R^2 0.053 / 0.084 / 0.047 for the MAE against 0.021 /
-0.020 / 0.020 for random weights (raw pixels: 0.019), so the test (seed 1; 0.053-0.060 in
-repeated runs) asks for a gap of 0.015 and more than raw pixels. AbsRel does not separate at
-this size (MAE 0.283-0.293, random 0.290 at every seed, the prior 0.296); on the default
-benchmark it does after 1500 steps (0.3016 against 0.3037-0.3041). Tracking runs through
-the same probe, recorded, not judged: no encoder adds to points that stay still at this size.
+of both with the linear probe (``megavid.eval.probe``). Measured over seeds 1 / 2 / 3 (README,
+"Random against pretrained weights, with the linear probe"), MAE against random weights:
+
+- depth residual R^2 0.063 / 0.082 / 0.046 against 0.019 / 0.021 / 0.021 (raw pixels 0.019);
+- AbsRel (per-frame median scaling) 0.2867 / 0.2861 / 0.2874 against 0.2904 / 0.2901 /
+  0.2902: 5.4 seed spreads (the prior 0.2960);
+- unscaled AbsRel 0.3338 / 0.3263 / 0.3402 against 0.3489 / 0.3485 / 0.3484 (the prior 0.3539).
+
+The test (seed 1) asks for gaps of about half the smallest seed's: 0.015 in residual R^2,
+0.0015 in AbsRel, 0.004 unscaled, and more R^2 than raw pixels. Tracking runs through the
+same probe, recorded, not judged: no encoder adds to points that stay still at this size.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ MODEL = ["--preset", "tiny", "--set", "model.arch={tubelet: [2, 8, 8]}", "--mask
          "--micro-batch-size", "16", "--set", "data.frame_stride=1", "--set", "log.plot=false",
          "--set", "log.tensorboard=false", "--eval-interval", "100000", "--seed", "1"]
 STEPS = 250
-GAP = 0.015  # residual R^2 the MAE must add over random weights (measured: 0.026-0.064)
+# what the MAE must gain over random weights (the smallest of seeds 1-3: 0.025, 0.0027, 0.008)
+GAPS = {"residual_r2": 0.015, "abs_rel": -0.0015, "abs_rel_unscaled": -0.004}
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +88,8 @@ def test_the_mae_trained_and_the_instrument_reads_the_oracle(comparison):
 def test_pretrained_features_read_depth_better_than_random_weights(comparison):
     depth = comparison["tasks"]["depth"]
     mae, rand = depth["pretrained"], depth["random"]
-    assert mae["residual_r2"] > rand["residual_r2"] + GAP, depth
+    for metric, gap in GAPS.items():  # AbsRel: lower is better, so its gaps are negative
+        assert (mae[metric] - rand[metric]) / gap > 1, (metric, mae[metric], rand[metric])
+        prior = mae["references"]["prior"][metric]
+        assert (mae[metric] - prior) * gap > 0, (metric, mae[metric], prior)  # beats the prior
     assert mae["residual_r2"] > mae["references"]["pixels"]["residual_r2"], depth

@@ -101,6 +101,14 @@ def test_task_losses_are_small_at_the_truth():
     assert PoseTask().loss(pose, {"pose": pose}) == 0
 
 
+def test_depth_task_scores_structure_scaled_and_metric_depth_unscaled():
+    depth = torch.rand(B, T, SIZE, SIZE) + 0.5
+    depth[:, :, :2] = 0  # invalid rows: not scored
+    # a prediction right up to each frame's scale (x2 here): median scaling forgives it
+    got = DepthTask().metrics({"depth": 2 * depth.numpy()}, {"depth": depth})
+    assert got == pytest.approx({"abs_rel": 0.0, "delta1": 1.0, "abs_rel_unscaled": 1.0})
+
+
 class _CountingEncoder:
     calls = 0
 

@@ -27,7 +27,7 @@ def scaling():
 
 def measured(s) -> dict:
     """Depth residual R^2 0.02 +- 0.001 at random weights, 0.05 +- 0.004 at the top budget;
-    AbsRel 0.30 -> 0.29; tracking flat."""
+    AbsRel 0.30 -> 0.29, unscaled 0.38 +- 0.001 -> 0.36 +- 0.002; tracking flat."""
     runs = {}
     for width in s.widths:
         for steps in s.budgets:
@@ -36,12 +36,13 @@ def measured(s) -> dict:
                 runs.setdefault(f"linear/depth/{width}/{steps}", []).append(
                     {"residual_r2": (0.05 + sign * 0.002 * 2 ** 0.5) if top else
                      (0.02 + sign * 0.0005 * 2 ** 0.5), "abs_rel": 0.29 if top else 0.30,
-                     "r2": 0.2})
+                     "abs_rel_unscaled": (0.36 + sign * 0.001 * 2 ** 0.5) if top else
+                     (0.38 + sign * 0.0005 * 2 ** 0.5), "r2": 0.2})
                 for readout, task in (("linear", "tracking"), ("attention", "depth"),
                                       ("attention", "tracking")):
                     runs.setdefault(f"{readout}/{task}/{width}/{steps}", []).append(
-                        {"abs_rel": 0.3 + j * 0.01, "average_jaccard": 0.04 + j * 0.01,
-                         "residual_r2": float("nan")})
+                        {"abs_rel": 0.3 + j * 0.01, "abs_rel_unscaled": 0.37 + j * 0.01,
+                         "average_jaccard": 0.04 + j * 0.01, "residual_r2": float("nan")})
     flops = {f"{w}/{b}": 1e12 * b * (i + 1) for i, w in enumerate(s.widths) for b in s.budgets}
     curves = {f"{w}/{b}": [[1.0] * 4 + [0.9] * 4, [1.0] * 6 + [0.95, 0.9]] for w in s.widths
               for b in s.budgets if b}
@@ -60,6 +61,9 @@ def test_gains_are_the_top_budget_against_random_in_seed_spreads(scaling):
     assert ratios["linear_depth_abs_rel_w128_largest_budget_gain_over_random"] == pytest.approx(
         0.01)
     assert "linear_depth_abs_rel_w128_largest_budget_gain_over_random_in_seed_std" not in ratios
+    key = "linear_depth_abs_rel_unscaled_w64_largest_budget_gain_over_random"
+    assert ratios[key] == pytest.approx(0.02)
+    assert ratios[key + "_in_seed_std"] == pytest.approx(0.02 / 0.002, abs=0.01)
     assert "linear_tracking_residual_r2_w64_largest_budget_gain_over_random" not in ratios  # NaN
     row = next(r for r in rows if r["name"] == "linear depth residual_r2 w128 steps=40")
     assert row["value"] == pytest.approx(0.05) and row["std"] == pytest.approx(0.004)
@@ -90,7 +94,7 @@ def test_the_figure_is_drawn(scaling, tmp_path):
     from PIL import Image
 
     with Image.open(path) as image:
-        assert image.size == (2000, 850)  # eight panels, 20 x 8.5 in at 100 dpi
+        assert image.size == (2500, 850)  # ten panels, 25 x 8.5 in at 100 dpi
 
 
 def test_a_rerun_keeps_finished_readouts_and_counts_their_time(scaling, tmp_path, monkeypatch):
@@ -101,18 +105,20 @@ def test_a_rerun_keeps_finished_readouts_and_counts_their_time(scaling, tmp_path
     (run / "seconds").write_text("35.5\n")
     done = tmp_path / "eval" / "w64-steps64-seed1-linear-depth-1"
     done.mkdir(parents=True)
+    metrics = {"residual_r2": 0.05, "abs_rel": 0.3, "abs_rel_unscaled": 0.36}
     (done / "metrics.json").write_text(json.dumps({
-        "metrics": {"abs_rel": 0.3}, "references": {"prior": {"abs_rel": 0.31}},
-        "seconds": 4.5}))
+        "metrics": metrics, "references": {"prior": {"abs_rel": 0.31}}, "seconds": 4.5}))
     monkeypatch.setattr(scaling, "run_eval", lambda cfg: pytest.fail("readout rerun"))
     got = scaling.read_out(run / "ckpt", tmp_path / "bench", tmp_path, "linear", "depth", 1,
                            scaling.Settings())
-    assert got == {"metrics": {"abs_rel": 0.3}, "prior": {"abs_rel": 0.31}}
+    assert got == {"metrics": metrics, "prior": {"abs_rel": 0.31}}
     assert scaling.compute_seconds(tmp_path) == pytest.approx(40.0)
-    (done / "metrics.json").write_text("{")  # cut short: trained again
     calls = []
     monkeypatch.setattr(scaling, "run_eval", lambda cfg: calls.append(cfg.out) or {
         "metrics": {"abs_rel": 0.29}, "references": {"prior": {}}})
-    assert scaling.read_out(run / "ckpt", tmp_path / "bench", tmp_path, "linear", "depth", 1,
-                            scaling.Settings())["metrics"] == {"abs_rel": 0.29}
-    assert calls == [str(done)]
+    # cut short, or from before the figure plotted abs_rel_unscaled: trained again
+    for stale in ("{", json.dumps({"metrics": {"residual_r2": 0.05, "abs_rel": 0.3}})):
+        (done / "metrics.json").write_text(stale)
+        assert scaling.read_out(run / "ckpt", tmp_path / "bench", tmp_path, "linear", "depth",
+                                1, scaling.Settings())["metrics"] == {"abs_rel": 0.29}
+    assert calls == [str(done)] * 2
