@@ -64,6 +64,9 @@ PANELS = [("linear", "depth", "residual_r2", True), ("linear", "depth", "abs_rel
           ("attention", "depth", "abs_rel_unscaled", False),
           ("attention", "tracking", "average_jaccard", True),
           ("linear", "tracking", "residual_r2", True)]
+# the JSON's rows: every metric a panel plots, then the depth probe's variance shares
+ROW_METRICS = tuple(dict.fromkeys([metric for _, _, metric, _ in PANELS] + [
+    "r2", "residual_r2_frame_mean", "residual_r2_in_frame"]))
 
 
 @dataclass
@@ -270,8 +273,7 @@ def rows_and_ratios(measured: dict, s: Settings) -> tuple[list[dict], dict]:
     rows, ratios = [], {}
     for key, per_seed in measured["runs"].items():
         readout, task, width, steps = key.split("/")
-        for metric in ("residual_r2", "abs_rel", "abs_rel_unscaled", "average_jaccard", "r2",
-                       "residual_r2_frame_mean", "residual_r2_in_frame"):
+        for metric in ROW_METRICS:
             if metric in per_seed[0]:
                 mean, std = spread([m[metric] for m in per_seed])
                 if not math.isfinite(mean):
