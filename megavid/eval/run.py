@@ -158,7 +158,11 @@ def run_eval(cfg: EvalConfig) -> dict:
         feats[split], records[split] = features_at(cfg, encoder, clips, depths, device)
     del encoder
     seed = cfg.readout.seed
-    targets = {"train": task.targets(train_clips, train=True, seed=seed),
+    # the attention readout trains on augmented targets (tracking: queries at random
+    # frames); a linear map cannot take the query's frame as an input, so the probe trains
+    # on the test's protocol (queries at each point's first visible frame)
+    augment = cfg.readout_kind == "attention"
+    targets = {"train": task.targets(train_clips, train=augment, seed=seed),
                "test": task.targets(test_clips, train=False, seed=seed)}
     result = {
         "task": cfg.task, "encoder": cfg.source, "readout_kind": cfg.readout_kind,

@@ -7,14 +7,17 @@ its initialisation (``--lr 0``, one step) as the random-weights control, and rea
 of both with the linear probe (``megavid.eval.probe``). Measured over seeds 1 / 2 / 3 (README,
 "Random against pretrained weights, with the linear probe"), MAE against random weights:
 
-- depth residual R^2 0.063 / 0.082 / 0.046 against 0.019 / 0.021 / 0.021 (raw pixels 0.019);
-- AbsRel (per-frame median scaling) 0.2867 / 0.2861 / 0.2874 against 0.2904 / 0.2901 /
-  0.2902: 5.4 seed spreads (the prior 0.2960);
-- unscaled AbsRel 0.3338 / 0.3263 / 0.3402 against 0.3489 / 0.3485 / 0.3484 (the prior 0.3539).
+- depth residual R^2 0.060 / 0.081 / 0.048 against 0.019 / 0.021 / 0.021 (raw pixels 0.019);
+- unscaled AbsRel 0.3327 / 0.3295 / 0.3390 against 0.3489 / 0.3485 / 0.3484 (the prior 0.3539);
+- AbsRel (per-frame median scaling) 0.2898 / 0.2831 / 0.2881 against 0.2904 / 0.2901 /
+  0.2902 (the prior 0.2960): better than the prior at every seed, but only 0.9 seed spreads
+  from random weights. The probe's single held-out split had put it 5.4 spreads away, on
+  penalties that 5-fold cross-validation no longer chooses, so the test does not judge it.
 
-The test (seed 1) asks for gaps of about half the smallest seed's: 0.015 in residual R^2,
-0.0015 in AbsRel, 0.004 unscaled, and more R^2 than raw pixels. Tracking runs through the
-same probe, recorded, not judged: no encoder adds to points that stay still at this size.
+The test (seed 1) asks for gaps of about half the smallest seed's: 0.013 in residual R^2,
+0.004 in unscaled AbsRel, more R^2 than raw pixels, and every metric better than the prior.
+Tracking runs through the same probe, recorded, not judged: no encoder adds to points that
+stay still at this size.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ MODEL = ["--preset", "tiny", "--set", "model.arch={tubelet: [2, 8, 8]}", "--mask
          "--micro-batch-size", "16", "--set", "data.frame_stride=1", "--set", "log.plot=false",
          "--set", "log.tensorboard=false", "--eval-interval", "100000", "--seed", "1"]
 STEPS = 250
-# what the MAE must gain over random weights (the smallest of seeds 1-3: 0.025, 0.0027, 0.008)
-GAPS = {"residual_r2": 0.015, "abs_rel": -0.0015, "abs_rel_unscaled": -0.004}
+# what the MAE must gain over random weights (the smallest of seeds 1-3: 0.027, 0.0094)
+GAPS = {"residual_r2": 0.013, "abs_rel_unscaled": -0.004}
+BETTER_THAN_PRIOR = {"residual_r2": 1, "abs_rel": -1, "abs_rel_unscaled": -1}  # sign: better
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,7 @@ def test_pretrained_features_read_depth_better_than_random_weights(comparison):
     mae, rand = depth["pretrained"], depth["random"]
     for metric, gap in GAPS.items():  # AbsRel: lower is better, so its gaps are negative
         assert (mae[metric] - rand[metric]) / gap > 1, (metric, mae[metric], rand[metric])
+    for metric, sign in BETTER_THAN_PRIOR.items():
         prior = mae["references"]["prior"][metric]
-        assert (mae[metric] - prior) * gap > 0, (metric, mae[metric], prior)  # beats the prior
+        assert (mae[metric] - prior) * sign > 0, (metric, mae[metric], prior)
     assert mae["residual_r2"] > mae["references"]["pixels"]["residual_r2"], depth

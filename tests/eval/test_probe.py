@@ -17,7 +17,8 @@ import torch
 from megavid.eval import make_synthetic, probe
 from megavid.eval.datasets import load_dataset
 from megavid.eval.run import EvalConfig, run_eval
-from megavid.eval.tasks import get_task, mean_log_depth
+from megavid.eval.tasks import TrackingTask, get_task, mean_log_depth
+from megavid.eval.train import ReadoutConfig
 from megavid.parallel import runtime
 from tests.eval.conftest import MITSUBA_REASON
 
@@ -39,24 +40,33 @@ def test_ridge_matches_the_normal_equations(rows, dims):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, dims, generator=gen) * torch.linspace(0.5, 3, dims)
     y = x @ torch.randn(dims, 3, generator=gen) + 0.3 * torch.randn(rows, 3, generator=gen)
-    val = torch.arange(rows) >= rows - rows // 5
-    fit = probe.fit_ridge(x, y, val, alphas=(0.3,))
+    fit = probe.fit_ridge(x, y, torch.arange(rows) % 5, alphas=(0.3,))
     new = torch.randn(50, dims, generator=gen)
     torch.testing.assert_close(fit.predict(new).double(), _reference_ridge(x, y, 0.3)(new),
                                rtol=1e-4, atol=1e-4)
 
 
-def test_the_penalty_is_chosen_on_held_out_rows():
+def test_the_penalty_is_chosen_by_cross_validation():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(400, 30, generator=gen)
     signal = x[:, :3].sum(1, keepdim=True)
-    val, test = torch.arange(400) >= 320, torch.randn(400, 30, generator=gen)
-    informative = probe.fit_ridge(x, signal + 0.1 * torch.randn(400, 1, generator=gen), val)
+    folds, test = probe.clip_folds(400), torch.randn(400, 30, generator=gen)
+    informative = probe.fit_ridge(x, signal + 0.1 * torch.randn(400, 1, generator=gen), folds)
     assert informative.alpha <= 0.1
+    assert informative.cv_mse[informative.alpha] < 0.02  # out of fold, standardised
     assert probe.r2(test[:, :3].sum(1, keepdim=True), informative.predict(test)) > 0.99
-    noise = probe.fit_ridge(x, torch.randn(400, 1, generator=gen), val)  # nothing to find
+    noise = probe.fit_ridge(x, torch.randn(400, 1, generator=gen), folds)  # nothing to find
     assert noise.alpha >= 10
     assert probe.r2(torch.randn(400, 1, generator=gen), noise.predict(test)) > -0.05
+
+
+def test_cross_validation_folds_are_blocks_of_clips():
+    np.testing.assert_array_equal(probe.clip_folds(10), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    np.testing.assert_array_equal(probe.clip_folds(3), [0, 1, 2])  # fewer clips than folds
+    with pytest.raises(ValueError, match="at least 2"):
+        probe.clip_folds(1)
+    with pytest.raises(ValueError, match="2 cross-validation folds"):
+        probe.fit_ridge(torch.randn(8, 2), torch.randn(8, 1), torch.zeros(8, dtype=torch.long))
 
 
 def test_patchify_cuts_the_token_grid_and_unpatchify_inverts_it():
@@ -170,3 +180,27 @@ def test_probe_depths_concatenate_features(synthetic4d_dir, tmp_path):
     assert result["probe_depths"] == [0.5, 1.0]
     assert result["feature_shape"][-1] == 2 * 64  # two depths of the tiny preset's width
     assert np.isfinite(result["metrics"]["residual_r2"])
+
+
+@pytest.mark.parametrize("readout, protocols", [("linear", [False, False]),
+                                                 ("attention", [True, False])])
+def test_the_probe_trains_on_the_test_query_protocol(synthetic4d_dir, tmp_path, monkeypatch,
+                                                     readout, protocols):
+    """The attention readout trains on queries at random frames (augmentation); a linear
+    map cannot take the query's frame as an input, so the probe trains on the test's
+    queries (each point's first visible frame): trained on random frames, it scored worse
+    than its own intercept on the test clips (residual R^2 -0.06 to -0.15)."""
+    seen, targets = [], TrackingTask.targets
+
+    def spy(self, clips, *, train, seed):
+        seen.append(train)
+        return targets(self, clips, train=train, seed=seed)
+
+    monkeypatch.setattr(TrackingTask, "targets", spy)
+    try:
+        run_eval(EvalConfig(task="tracking", source="tiny", data=str(synthetic4d_dir),
+                            out=str(tmp_path), readout_kind=readout, feature_cache=None,
+                            pictures=False, readout=ReadoutConfig(steps=1, log_interval=10)))
+    finally:
+        runtime.shutdown()
+    assert seen == protocols
