@@ -86,6 +86,13 @@ def _solve(x: torch.Tensor, y: torch.Tensor):
     return mean, scale, y_mean, evals, evecs, evals.sqrt()[:, None] * (u.T @ yc)
 
 
+def _penalised(evals: torch.Tensor, proj: torch.Tensor, alpha: float, dims: int):
+    """The ridge coefficients in the eigenbasis of ``_solve``: ``proj`` shrunk by the
+    penalty ``alpha``, relative to the mean over all ``dims`` eigenvalues."""
+    base = evals.sum().clamp(min=1e-12) / dims
+    return proj / (evals + alpha * base)[:, None]
+
+
 def fit_ridge(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor,
               alphas: tuple[float, ...] = RIDGE_ALPHAS) -> Ridge:
     """Ridge from ``x`` (M, D) to ``y`` (M, K). ``folds`` (M,) numbers each row's
@@ -106,14 +113,12 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor,
         fit, val = folds != fold, folds == fold
         mean, scale, y_mean, evals, evecs, proj = _solve(x[fit], y[fit])
         xv = ((x[val] - mean) / scale) @ evecs  # (Mv, D)
-        base = evals.sum().clamp(min=1e-12) / x.shape[1]  # the mean over all D eigenvalues
         for alpha in alphas:
-            pred = xv @ (proj / (evals + alpha * base)[:, None]) + y_mean
+            pred = xv @ _penalised(evals, proj, alpha, x.shape[1]) + y_mean
             errors[alpha] += float((((pred - y[val]) / y_scale) ** 2).mean(1).sum()) / len(x)
     best = min(errors, key=errors.get)
     mean, scale, y_mean, evals, evecs, proj = _solve(x, y)
-    base = evals.sum().clamp(min=1e-12) / x.shape[1]
-    weight = evecs @ (proj / (evals + best * base)[:, None])
+    weight = evecs @ _penalised(evals, proj, best, x.shape[1])
     return Ridge(mean, scale, weight, y_mean, best, errors)
 
 
